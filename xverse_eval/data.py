@@ -66,7 +66,8 @@ class DataSource:
         if path.suffix == ".gz":
             data = gzip.decompress(data)
         try:
-            return data.decode("utf-8")
+            # a UTF-8 byte-order mark is dropped, as pandas.read_csv drops it in the reference scripts
+            return data.decode("utf-8").removeprefix("\ufeff")
         except UnicodeDecodeError as exc:
             raise EvalError(f"{path}: not UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 1]!r})") from None
 
@@ -75,13 +76,17 @@ class DataSource:
         text = self.read_text(path)
         if "\x00" in text:
             raise EvalError(f"{path}: contains NUL bytes")
-        for n, line in enumerate(text.splitlines(), 1):
+        if text.lstrip().startswith("["):
+            raise EvalError(f"{path}: is a JSON array; expected JSON Lines (one object per line)")
+        lines = text.splitlines()
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise EvalError(f"{path}:{n}: malformed JSON ({exc.msg})") from None
+                torn = "; the last line is cut short: a truncated file?" if n == len(lines) and not text.endswith("\n") else ""
+                raise EvalError(f"{path}:{n}: malformed JSON ({exc.msg}: column {exc.colno}){torn}") from None
             if not isinstance(row, dict):
                 raise EvalError(f"{path}:{n}: expected a JSON object per line, got {type(row).__name__}")
             rows.append(row)
@@ -101,6 +106,8 @@ class DataSource:
         text = self.read_text(path)
         if "\x00" in text:
             raise EvalError(f"{path}: contains NUL bytes")
+        if not text.strip():
+            raise EvalError(f"{path}: empty file (no rows)")
         try:
             frame = pd.read_csv(io.StringIO(text), header=header, index_col=index_col)
         except Exception as exc:  # pandas raises several types for malformed CSV

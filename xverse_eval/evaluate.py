@@ -2,6 +2,7 @@
 all of it; `score_run` re-runs the last three from a run dir without a model."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -15,8 +16,8 @@ from typing import Any, Sequence
 from . import __version__, report
 from .errors import EvalError
 from .registry import get_task_class
-from .results import ResponseStore, RunDir, digest, write_json, write_jsonl
-from .task import Prepared, Task, always_fits
+from .results import ResponseStore, RunDir, atomic_write, digest, fault, write_json, write_jsonl
+from .task import Prepared, Task, TokenLimit, always_fits
 from .types import GenerateRequest, LoglikelihoodRequest, Request
 
 log = logging.getLogger(__name__)
@@ -68,9 +69,27 @@ def is_code_task(task: Task) -> bool:
 def build(task: Task, samples, model=None) -> list[Prepared]:
     """Prompts and requests; a prompt over the task's token limit drops shots (tokenizer of `model`)."""
     limit = getattr(task, "max_prompt_tokens", None)
-    fits = (lambda text: model.count_tokens(text) <= limit) if (model is not None and limit) else always_fits
+    fits = TokenLimit(model.count_tokens, limit) if (model is not None and limit) else always_fits
     items = [task.build(s, fits) for s in samples]
+    if model is not None and getattr(task, "formulation", None) == "letters":
+        check_letter_tokens(task, items, model)
     return mark_shared_prefixes(items)
+
+
+def check_letter_tokens(task: Task, items: Sequence[Prepared], model) -> None:
+    """Letter scoring reads one next-token log-prob per answer: refuse a tokenizer that makes an
+    answer letter more (or less) than one token after the prompt before any model work, not after
+    it (checked on the first item of each subset; scoring checks every response again)."""
+    seen: set[str] = set()
+    for item in items:
+        if item.sample.subset in seen:
+            continue
+        seen.add(item.sample.subset)
+        for req in item.requests:
+            n = model.count_tokens(req.context + req.continuation) - model.count_tokens(req.context)
+            if n != 1:
+                raise EvalError(f"{task.name}: request {req.key}: the answer {req.continuation!r} is {n} tokens after the prompt "
+                                f"for the tokenizer of {model.name}; letter scoring needs exactly one")
 
 
 def mark_shared_prefixes(items: list[Prepared]) -> list[Prepared]:
@@ -119,8 +138,10 @@ def collect(items: Sequence[Prepared], store: ResponseStore, task: str):
 
 def score_and_report(run: RunDir, tasks: list[Task], items: dict[str, list[Prepared]], store: ResponseStore, manifest: dict, limit: int | None) -> dict:
     results = {}
+    responses_of = {task.name: collect(items[task.name], store, task.name) for task in tasks}  # all present, or no metrics
     for task in tasks:
-        responses = collect(items[task.name], store, task.name)
+        fault("score")
+        responses = responses_of[task.name]
         records = task.score_all(items[task.name], responses)
         write_jsonl(run.path / "samples" / f"{task.name}.jsonl", (r.to_dict() for r in records))
         results[task.name] = task.aggregate(records, limit).to_dict()
@@ -131,7 +152,8 @@ def score_and_report(run: RunDir, tasks: list[Task], items: dict[str, list[Prepa
         "config": manifest,
     }
     write_json(run.path / "results.json", out)
-    (run.path / "report.md").write_text(report.render([out]), encoding="utf-8")
+    fault("report")
+    atomic_write(run.path / "report.md", report.render([out]))
     return out
 
 
@@ -165,7 +187,7 @@ def make_sandbox(tasks: list[Task], mode: str):
 
 def run(model_spec: str, task_specs: list[TaskSpec], data_dir: str | None = None, limit: int | None = None,
         output_dir: str | None = None, batch_size: str | int = "auto", device: str | None = None, dtype: str = "auto",
-        revision: str | None = None, sandbox_mode: str = "auto", command: str = "", model=None) -> tuple[Path, dict]:
+        revision: str | None = None, sandbox_mode: str = "auto", command: str = "", model=None, prefix_cache: bool = False) -> tuple[Path, dict]:
     if limit is not None and limit <= 0:
         raise EvalError(f"--limit must be a positive number, got {limit}")
     # 1 load: bad data fails here, before a model is loaded
@@ -174,40 +196,54 @@ def run(model_spec: str, task_specs: list[TaskSpec], data_dir: str | None = None
     sandbox = make_sandbox(tasks, sandbox_mode)
     for t in tasks:
         t.options["sandbox"] = sandbox
-    if model is None:
-        from .runner import load_model
+    with contextlib.ExitStack() as stack:
+        run_dir = None
+        if output_dir:  # an explicit run dir: lock it and check its config before the model loads
+            run_dir = stack.enter_context(RunDir(Path(output_dir)))
+            run_dir.check({"tasks": {t.name: task_identity(t, data=False) for t in tasks}, "limit": limit}, partial=True)
+        if model is None:
+            from .runner import load_model
 
-        model = load_model(model_spec, device=device, dtype=dtype, batch_size=batch_size, revision=revision)
-    # 2 build
-    items = {t.name: build(t, samples[t.name], model) for t in tasks}
-    identity = {
-        "model": model.fingerprint,
-        "tasks": {t.name: {"version": t.version, "variant": t.variant, "subsets": t.subsets if t.subsets != t.all_subsets() else "all",
-                           "prompt_hash": t.prompt_hash, "data_revision": t.data.revision(), "shots": t.shots} for t in tasks},
-        "limit": limit,
-    }
-    manifest = {
-        "identity": identity,
-        "model": {"name": model.name, **model.fingerprint},
-        "tasks": [s.to_dict() for s in task_specs],
-        "data_dir": str(Path(data_dir).resolve()) if data_dir else os.environ.get("XVERSE_EVAL_DATA"),
-        "limit": limit,
-        "sandbox": sandbox.mode if sandbox else None,
-        "xverse_eval_version": __version__,
-        "git_sha": git_sha(),
-        "command": command,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    path = Path(output_dir) if output_dir else Path("results") / "runs" / slug(model.name) / digest(identity)[:12]
-    with RunDir(path) as run_dir:
+            model = load_model(model_spec, device=device, dtype=dtype, batch_size=batch_size, revision=revision, prefix_cache=prefix_cache)
+        # 2 build
+        items = {t.name: build(t, samples[t.name], model) for t in tasks}
+        identity = {
+            "model": model.fingerprint,
+            "tasks": {t.name: task_identity(t) for t in tasks},
+            "limit": limit,
+        }
+        manifest = {
+            "identity": identity,
+            "model": {"name": model.name, **model.fingerprint},
+            "tasks": [s.to_dict() for s in task_specs],
+            "data_dir": str(Path(data_dir).resolve()) if data_dir else os.environ.get("XVERSE_EVAL_DATA"),
+            "limit": limit,
+            "sandbox": sandbox.mode if sandbox else None,
+            "xverse_eval_version": __version__,
+            "git_sha": git_sha(),
+            "command": command,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }
+        if run_dir is None:
+            run_dir = stack.enter_context(RunDir(Path("results") / "runs" / slug(model.name) / digest(identity)[:12]))
         run_dir.claim(manifest)
         manifest = run_dir.manifest()
         write_jsonl(run_dir.path / "plan.jsonl", (plan_row(t.name, i) for t in tasks for i in items[t.name]))
-        store = ResponseStore(run_dir.path / "responses.jsonl", identity["model"])
+        store = ResponseStore(run_dir.path / "responses.jsonl", identity["model"], identity["tasks"])
         # 3-4 infer, all tasks' requests together so the runner can batch across them
         infer(model, [i for t in tasks for i in items[t.name]], store)
         # 5-7 score, aggregate, report
         return run_dir.path, score_and_report(run_dir, tasks, items, store, manifest, limit)
+
+
+def task_identity(t: Task, data: bool = True) -> dict:
+    """What of a task determines its responses and scores (`data=False`: what is known before the
+    few-shot files are read)."""
+    out = {"version": t.version, "variant": t.variant, "subsets": t.subsets if t.subsets != t.all_subsets() else "all",
+           "prompt_hash": t.prompt_hash, "shots": t.shots}
+    if data:
+        out["data_revision"] = t.data.revision()
+    return out
 
 
 def plan_row(task: str, item: Prepared) -> dict:
@@ -235,7 +271,11 @@ def score_run(run_path: str, sandbox_mode: str = "auto") -> dict:
                     raise EvalError(f"{run_path}: plan.jsonl has no entry for {t.name}/{s.id}")
                 reqs = [request_from_dict(r) for r in row["requests"]]
                 items[t.name].append(Prepared(s, row["prompt"], reqs, row["shots"]))
-        store = ResponseStore(run_dir.path / "responses.jsonl", manifest["identity"]["model"])
+                t.fewshot(s)  # read (and hash) the few-shot files too, as the run did
+            stored = manifest["identity"].get("tasks", {}).get(t.name, {}).get("data_revision")
+            if stored and t.data.revision() != stored:
+                raise EvalError(f"{run_path}: the {t.name} data changed since the run ({stored} -> {t.data.revision()}); re-run it instead of re-scoring")
+        store = ResponseStore(run_dir.path / "responses.jsonl", manifest["identity"]["model"], manifest["identity"].get("tasks"))
         return score_and_report(run_dir, tasks, items, store, manifest, manifest["limit"])
 
 

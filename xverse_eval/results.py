@@ -7,19 +7,62 @@ results/runs/<model>/<config hash>/
   samples/<task>.jsonl   one Record per item
   results.json           TaskResults (+ run config, versions)
   report.md              the comparison table
+
+Why JSONL and not SQLite: benchmarks/durability.py and benchmarks/RESULTS.md ("Durability"). Both
+cost one fsync per batch for the same guarantee; the log is plain text and needs no schema.
+
+Test hook: XVERSE_EVAL_FAULT=<point>[@<n>][=raise] SIGKILLs this process (or, with "=raise", raises
+an EvalError) the n-th time (default: the first) it reaches `fault("<point>")`. Points: "append"
+(a batch computed, not yet written), "torn_write" (half of a batch's bytes written and fsynced),
+"appended" (a batch stored), "atomic_write" (a final file's temp copy written, not yet renamed),
+"score" (before scoring each task), "report" (results.json written, report.md not yet).
+tests/test_resume.py kills runs at these points and checks that a re-run finishes them exactly.
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
 import json
+import logging
 import os
+import signal
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import EvalError
 from .types import Request, Response, response_from_dict, response_to_dict
+
+log = logging.getLogger(__name__)
+
+
+_FAULT_HITS: dict[str, int] = {}
+
+
+def _fault_due(point: str) -> str | None:
+    """The action ("kill" or "raise") if the XVERSE_EVAL_FAULT hook fires at this hit of `point`."""
+    spec = os.environ.get("XVERSE_EVAL_FAULT")
+    if not spec:
+        return None
+    where, _, action = spec.partition("=")
+    name, _, nth = where.partition("@")
+    if name != point:
+        return None
+    _FAULT_HITS[point] = _FAULT_HITS.get(point, 0) + 1
+    return (action or "kill") if _FAULT_HITS[point] == int(nth or 1) else None
+
+
+def _fire(point: str, action: str) -> None:
+    if action == "raise":
+        raise EvalError(f"injected fault at {point} (XVERSE_EVAL_FAULT={os.environ.get('XVERSE_EVAL_FAULT')})")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fault(point: str) -> None:
+    """The XVERSE_EVAL_FAULT test hook (see the module docstring); does nothing when it is unset."""
+    action = _fault_due(point)
+    if action:
+        _fire(point, action)
 
 
 def canonical(obj: Any) -> str:
@@ -39,6 +82,7 @@ def atomic_write(path: Path, text: str) -> None:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
+    fault("atomic_write")
     os.replace(tmp, path)
     fd = os.open(path.parent, os.O_RDONLY)
     try:
@@ -64,6 +108,7 @@ def read_jsonl_tolerant(path: Path) -> list[dict]:
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     if end < len(data):
+        log.warning("%s: cutting off a torn last line (%d bytes) left by a crash; those requests run again", path, len(data) - end)
         with open(path, "r+b") as fh:
             fh.truncate(end)
     rows = []
@@ -72,13 +117,36 @@ def read_jsonl_tolerant(path: Path) -> list[dict]:
             continue
         try:
             rows.append(json.loads(raw))
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
             raise EvalError(f"{path}:{n}: corrupt line inside the log (not a torn final write); move the file away to start over") from None
     return rows
 
 
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"dtype": "x"}} -> {"model.dtype": "x"}: the keys a config difference is named by."""
+    if isinstance(obj, dict) and obj:
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EvalError(f"{path}: not valid JSON ({exc}); move the run dir away to start over") from None
+
+
 class RunDir:
-    """One run's folder. Holding it (`with RunDir(...)`) takes an exclusive lock."""
+    """One run's folder. Holding it (`with RunDir(...)`) takes an exclusive lock, so two processes
+    can never append to one run; the kernel drops the lock when its process dies, even by SIGKILL."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -87,34 +155,53 @@ class RunDir:
     def __enter__(self) -> "RunDir":
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            probe = self.path / f".write-probe.{os.getpid()}"
+            probe.write_bytes(b"")  # os.access says yes to root on a read-only mount; a real write does not
+            probe.unlink()
+            self._lock_fh = open(self.path / ".lock", "w")
         except OSError as exc:
-            raise EvalError(f"cannot create the run dir {self.path}: {exc.strerror}") from None
-        if not os.access(self.path, os.W_OK):
-            raise EvalError(f"run dir is not writable: {self.path}")
-        self._lock_fh = open(self.path / ".lock", "w")
+            raise EvalError(f"run dir is not writable: {self.path} ({exc.strerror or exc})") from None
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise EvalError(f"another xverse-eval process is using {self.path}") from None
+            self._lock_fh.close()
+            self._lock_fh = None
+            raise EvalError(f"another xverse-eval process is using {self.path} (it holds {self.path / '.lock'}); wait for it or use another --output-dir") from None
+        # temp files of atomic writes that a killed process never renamed: never read, safe to drop
+        for tmp in [*self.path.glob(".*.tmp.*"), *self.path.glob("*/.*.tmp.*")]:
+            tmp.unlink(missing_ok=True)
         return self
 
     def __exit__(self, *exc) -> None:
         if self._lock_fh:
             fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
             self._lock_fh.close()
+            self._lock_fh = None
 
     # -- manifest
+
+    def differences(self, identity: dict, partial: bool = False) -> list[str]:
+        """Keys (dotted) where `identity` differs from the stored run's, with both values. With
+        `partial`, only the keys `identity` has are compared (a check before the model is loaded)."""
+        path = self.path / "config.json"
+        if not path.exists():
+            return []
+        old, new = flatten(read_json_file(path).get("identity", {})), flatten(identity)
+        keys = sorted(set(new) if partial else set(old) | set(new))
+        return [f"{k} ({_short(old.get(k))} -> {_short(new.get(k))})" for k in keys if old.get(k) != new.get(k)]
+
+    def check(self, identity: dict, partial: bool = False) -> None:
+        diff = self.differences(identity, partial)
+        if diff:
+            raise EvalError(f"{self.path} holds a run with another config, refusing to mix them; differs in: {'; '.join(diff)}. "
+                            "Use another --output-dir (or the default one), or move this one away")
 
     def claim(self, manifest: dict) -> None:
         """Write the manifest, or check that the one there matches: responses from another model,
         prompt or task version must never mix with this run's."""
         path = self.path / "config.json"
         if path.exists():
-            old = json.loads(path.read_text())["identity"]
-            new = manifest["identity"]
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            if diff:
-                raise EvalError(f"{self.path} holds a run with another config (differs in: {', '.join(diff)}); use another --output-dir")
+            self.check(manifest["identity"])
             return
         write_json(path, manifest)
 
@@ -122,37 +209,59 @@ class RunDir:
         path = self.path / "config.json"
         if not path.exists():
             raise EvalError(f"not a run dir (no config.json): {self.path}")
-        return json.loads(path.read_text())
+        return read_json_file(path)
 
 
 class ResponseStore:
-    """Durable responses: append-only JSONL, one write + fsync per batch, keyed by `response_key`."""
+    """Durable responses: append-only JSONL, one write + fsync per batch, keyed by `key()`.
 
-    def __init__(self, path: Path, identity: dict):
+    A key is the sha256 of everything that determines a response: the model identity (id, path,
+    revision, dtype, backend), the task's version and template hash, and the whole request (its
+    rendered text included). A resumed run asks the model only for the keys not stored yet; a key is
+    written at most once, so nothing is counted twice."""
+
+    def __init__(self, path: Path, identity: dict, tasks: dict[str, dict] | None = None):
         self.path = path
         self.identity = identity
+        self.tasks = {name: {"version": t.get("version"), "prompt_hash": t.get("prompt_hash")} for name, t in (tasks or {}).items()}
         self.done: dict[str, Response] = {}
-        for row in read_jsonl_tolerant(path):
-            self.done[row["key"]] = response_from_dict(row["response"])
+        for n, row in enumerate(read_jsonl_tolerant(path), 1):
+            try:
+                self.done[row["key"]] = response_from_dict(row["response"])
+            except (KeyError, TypeError):
+                raise EvalError(f"{path}:{n}: not a response line (no key/response); move the file away to start over") from None
 
     def key(self, request: Request) -> str:
-        """Everything that determines a response: the model identity and the request itself."""
-        return digest({"model": self.identity, "request": {"kind": type(request).__name__, **asdict(request)}})[:32]
+        task = request.key.split("/", 1)[0]
+        return digest({"model": self.identity, "task": {"name": task, **self.tasks.get(task, {})},
+                       "request": {"kind": type(request).__name__, **asdict(request)}})[:32]
 
     def get(self, request: Request) -> Response | None:
         return self.done.get(self.key(request))
 
     def append(self, pairs: list[tuple[Request, Response]]) -> None:
-        lines = []
+        """Store a finished batch: one write of whole lines, then fsync. A crash inside the write
+        leaves a torn last line, which the next open cuts off (those requests are computed again)."""
+        lines, new = [], {}
         for request, response in pairs:
             k = self.key(request)
-            if k in self.done:
+            if k in self.done or k in new:
                 continue
-            self.done[k] = response
+            new[k] = response
             lines.append(json.dumps({"key": k, "request": request.key, "response": response_to_dict(response)}, ensure_ascii=False) + "\n")
         if not lines:
             return
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write("".join(lines))
+        data = "".join(lines).encode("utf-8")
+        fault("append")
+        with open(self.path, "ab") as fh:
+            action = _fault_due("torn_write")
+            if action:
+                fh.write(data[: len(data) // 2])
+                fh.flush()
+                os.fsync(fh.fileno())
+                _fire("torn_write", action)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        self.done.update(new)
+        fault("appended")

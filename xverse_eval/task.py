@@ -26,6 +26,19 @@ def always_fits(text: str) -> bool:
     return True
 
 
+class TokenLimit:
+    """`fits` for a model: a text fits when it has at most `limit` tokens (the model's tokenizer,
+    special tokens included). Tasks whose length rule needs the counts themselves (CMMLU drops the
+    longest shot, AGIEval counts the demo block) read `count` and `limit`."""
+
+    def __init__(self, count: Callable[[str], int], limit: int):
+        self.count = count
+        self.limit = limit
+
+    def __call__(self, text: str) -> bool:
+        return self.count(text) <= self.limit
+
+
 @dataclass
 class Prepared:
     """A Sample made ready for the model: its prompt (the shared context) and its Requests."""
@@ -209,11 +222,12 @@ class MultipleChoiceTask(Task):
         if self.formulation == "letters":
             for req, resp in zip(item.requests, responses):
                 if resp.n_tokens != 1:
-                    raise EvalError(f"{self.name}: the answer {req.continuation!r} is {resp.n_tokens} tokens after the prompt for this tokenizer; letter scoring needs exactly one")
+                    raise EvalError(f"{self.name}: request {req.key}: the answer {req.continuation!r} is {resp.n_tokens} tokens after the prompt for this tokenizer; letter scoring needs exactly one")
             return {"logprob": [r.logprob for r in responses]}
         if self.formulation == "continuation":
             return {"logprob": [r.logprob for r in responses],
-                    "logprob_per_char": [r.logprob / max(1, len(q.continuation)) for q, r in zip(item.requests, responses)]}
+                    # lm-eval's acc_norm: divided by the characters of the choice text (no delimiter)
+                    "logprob_per_char": [r.logprob / max(1, len(c)) for c, r in zip(item.sample.choices, responses)]}
         if self.formulation == "whole_sequence_ppl":
             return {"mean_logprob": [(r.context_logprob + r.logprob) / (r.n_context_tokens + r.n_tokens) for r in responses]}
         raise EvalError(f"{self.name}: unknown formulation {self.formulation!r}")

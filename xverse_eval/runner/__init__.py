@@ -26,7 +26,12 @@ class Model(Protocol):
 
 
 def load_model(spec: str, **kwargs) -> Model:
-    """Load `spec` (hub id, local folder, .gguf file or alias) with the transformers backend."""
+    """Load `spec` (hub id, local folder, .gguf file or alias) with the transformers backend.
+    `fake:SEED[:opt=v...]` is the deterministic fake model of runner/fake.py (for tests)."""
+    if spec.startswith("fake:"):
+        from .fake import FakeModel
+
+        return FakeModel.load(spec, **kwargs)
     from .hf import HFModel
 
     return HFModel.load(spec, **kwargs)

@@ -8,8 +8,10 @@ only to the positions that are scored.
 """
 from __future__ import annotations
 
+import copy
 import glob
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -121,27 +123,50 @@ def load_transformers(source: Source, dtype: torch.dtype, device: str, revision:
 # ----------------------------------------------------------------------------- the model
 
 
+MIN_PREFIX = 32  # shorter shared prefixes are not worth a separate pass
+
+
 @dataclass
 class Row:
-    """One forward-pass input: `ids` plus, per request, the positions read and the tokens scored there."""
+    """One forward-pass input: `ids` plus, per request, the positions read and the tokens scored there.
+    `hint` is the requests' shared_prefix text: rows with the same hint may share a prefix pass."""
 
     ids: list[int]
-    reads: list[tuple[int, list[int], list[int]]]  # (request index, positions, target token ids)
+    reads: list[tuple[int, list[int], list[int], int]]  # (request index, positions, target ids, context length)
+    hint: str = ""
+
+
+def common_prefix_length(seqs: list[list[int]]) -> int:
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for k in range(n):
+        if any(s[k] != first[k] for s in seqs):
+            return k
+    return n
 
 
 class HFModel:
-    def __init__(self, tokenizer, model, name: str, fingerprint: dict, device: str, batch_size: str | int = "auto", max_length: int | None = None):
+    def __init__(self, tokenizer, model, name: str, fingerprint: dict, device: str, batch_size: str | int = "auto",
+                 max_length: int | None = None, prefix_cache: bool = False):
         self.tokenizer = tokenizer
         self.model = model
+        self.decoder = model.get_decoder()  # the transformer body; the LM head is applied only where scored
+        self.prefix_cache = prefix_cache
+        # transformers renamed `past_key_values` to `cache` (5.2x); use whichever this version takes
+        self._cache_arg = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
         self.name = name
         self.fingerprint = fingerprint
         self.device = device
         self.batch_size = batch_size
         self.max_length = max_length or _context_length(model.config)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        # generation ends at the tokenizer's EOS or any EOS the model's generation config names
+        configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        configured = configured if isinstance(configured, list) else [configured]
+        self.eos_ids = {t for t in [tokenizer.eos_token_id, *configured] if t is not None}
 
     @classmethod
-    def load(cls, spec: str, device: str | None = None, dtype: str = "auto", batch_size: str | int = "auto", revision: str | None = None, max_length: int | None = None) -> "HFModel":
+    def load(cls, spec: str, device: str | None = None, dtype: str = "auto", batch_size: str | int = "auto", revision: str | None = None,
+             max_length: int | None = None, prefix_cache: bool = False) -> "HFModel":
         device = device or default_device()
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise EvalError("--device cuda was asked for, but torch sees no CUDA device")
@@ -156,7 +181,7 @@ class HFModel:
             "dtype": str(torch_dtype).removeprefix("torch."),
             "backend": "transformers",
         }
-        return cls(tokenizer, model, spec, fingerprint, device, batch_size, max_length)
+        return cls(tokenizer, model, spec, fingerprint, device, batch_size, max_length, prefix_cache)
 
     # -- tokens
 
@@ -199,24 +224,40 @@ class HFModel:
                 positions, targets = list(range(len(whole) - 1)), whole[1:]
             else:
                 positions, targets = list(range(len(context_ids) - 1, len(whole) - 1)), cont_ids
-            row = rows.setdefault(tuple(ids), Row(ids, []))
-            row.reads.append((i, positions, targets))
+            row = rows.setdefault(tuple(ids), Row(ids, [], req.shared_prefix))
+            row.reads.append((i, positions, targets, len(context_ids)))
         return sorted(rows.values(), key=lambda r: -len(r.ids))
+
+    def _groups(self, rows: list[Row]) -> list[tuple[int, list[Row]]]:
+        """Rows that share a prefix hint and at least MIN_PREFIX leading tokens are scored as
+        (prefix once) + (suffixes in batches); the shared length is found on token ids, so the result
+        is the same computation as scoring each row whole."""
+        by_hint: dict[str, list[Row]] = {}
+        for row in rows:
+            by_hint.setdefault(row.hint if self.prefix_cache else "", []).append(row)
+        groups = []
+        for hint, members in by_hint.items():
+            n = common_prefix_length([r.ids for r in members]) if hint and len(members) > 1 else 0
+            n = min(n, min(len(r.ids) for r in members) - 1)  # every row keeps a suffix
+            groups.append((n if n >= MIN_PREFIX else 0, members))
+        return groups
 
     def _token_budget(self) -> int:
         if isinstance(self.batch_size, int):
             return self.batch_size * self.max_length
         if self.device.startswith("cuda"):
             free, _ = torch.cuda.mem_get_info()
-            per_token = 4 * self.model.config.hidden_size * self.model.config.num_hidden_layers * 2 + 64 * self.model.config.hidden_size
-            return max(2048, int(free * 0.5 / per_token))
+            config = self.model.config
+            kv = 2 * config.num_hidden_layers * getattr(config, "num_key_value_heads", config.num_attention_heads) * (config.hidden_size // config.num_attention_heads)
+            per_token = 2 * (kv + 16 * config.hidden_size + 4 * getattr(config, "intermediate_size", 4 * config.hidden_size))
+            return max(4096, int(free * 0.4 / per_token))
         return 8192
 
     def _batches(self, rows: list[Row]) -> list[list[Row]]:
+        """Longest first; a batch holds rows while rows x (prefix + widest suffix) fits the budget."""
         budget, batches, current = self._token_budget(), [], []
-        limit_rows = self.batch_size if isinstance(self.batch_size, int) else 256
+        limit_rows = self.batch_size if isinstance(self.batch_size, int) else 512
         for row in rows:
-            # rows are sorted longest first, so the first row of a batch sets its padded width
             width = len(current[0].ids) if current else len(row.ids)
             if current and ((len(current) + 1) * width > budget or len(current) >= limit_rows):
                 batches.append(current)
@@ -229,64 +270,93 @@ class HFModel:
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest], on_done: OnDone | None = None) -> list[Loglikelihood]:
         from tqdm import tqdm
 
-        rows = self._rows(requests)
         results: list[Loglikelihood | None] = [None] * len(requests)
-        for batch in tqdm(self._batches(rows), desc="loglikelihood", unit="batch", disable=None):
-            done = self._score_resilient(batch, requests)
+        work = [(n, batch) for n, members in self._groups(self._rows(requests)) for batch in self._batches(members)]
+        prefix_cache: dict[tuple[int, ...], tuple] = {}
+        for n, batch in tqdm(work, desc="loglikelihood", unit="batch", disable=None):
+            prefix = tuple(batch[0].ids[:n])
+            if n and prefix not in prefix_cache:
+                prefix_cache.clear()  # groups come one after another: keep only the current prefix
+                prefix_cache[prefix] = self._run_prefix(list(prefix))
+            done = self._score_resilient(batch, requests, n, prefix_cache.get(prefix))
             for i, resp in done:
                 results[i] = resp
             if on_done:
                 on_done([(requests[i], resp) for i, resp in done])
         return results  # type: ignore[return-value]
 
-    def _score_resilient(self, batch: list[Row], requests) -> list[tuple[int, Loglikelihood]]:
+    def _score_resilient(self, batch: list[Row], requests, n: int, prefix) -> list[tuple[int, Loglikelihood]]:
         """Score a batch; on CUDA out-of-memory, halve it and retry instead of killing the run."""
         try:
-            return self._score(batch, requests)
+            return self._score(batch, requests, n, prefix)
         except torch.OutOfMemoryError:
             if len(batch) == 1:
                 raise EvalError(f"out of memory on a single row of {len(batch[0].ids)} tokens; use a smaller model, --dtype or a GPU with more memory")
             torch.cuda.empty_cache()
             half = len(batch) // 2
             log.warning("out of memory on a batch of %d rows; retrying as %d + %d", len(batch), half, len(batch) - half)
-            return self._score_resilient(batch[:half], requests) + self._score_resilient(batch[half:], requests)
+            return self._score_resilient(batch[:half], requests, n, prefix) + self._score_resilient(batch[half:], requests, n, prefix)
 
     @torch.inference_mode()
-    def _score(self, batch: list[Row], requests) -> list[tuple[int, Loglikelihood]]:
-        width = max(len(r.ids) for r in batch)
+    def _run_prefix(self, ids: list[int]):
+        out = self.decoder(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
+        return out.last_hidden_state[0], getattr(out, "cache", None) or out.past_key_values
+
+    @torch.inference_mode()
+    def _score(self, batch: list[Row], requests, n: int = 0, prefix=None) -> list[tuple[int, Loglikelihood]]:
+        """One forward over the rows' tokens after the first `n` (whose KV comes from `prefix`).
+
+        Rows are right-padded and run without an attention mask: in a causal model a pad after a
+        token never changes it, so every scored position is computed exactly as for the row alone,
+        and the fused causal attention kernels apply.
+        """
+        width = max(len(r.ids) for r in batch) - n
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
         for b, row in enumerate(batch):
-            ids[b, width - len(row.ids):] = torch.tensor(row.ids)
-            mask[b, width - len(row.ids):] = 1
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        # Left padding: every row ends at `width`, so position p of a row sits at column p + offset.
-        keep = max(len(row.ids) - min(pos[0] for _, pos, _ in row.reads) for row in batch)
-        out = self.model(
-            input_ids=ids.to(self.device),
-            attention_mask=mask.to(self.device),
-            position_ids=position_ids.to(self.device),
-            logits_to_keep=keep,
-            use_cache=False,
-        )
-        logprobs = torch.log_softmax(out.logits.float(), dim=-1)  # (batch, keep, vocab)
-        done = []
+            ids[b, : len(row.ids) - n] = torch.tensor(row.ids[n:])
+        kwargs = {}
+        if n:
+            cache = copy.deepcopy(prefix[1])
+            cache.batch_repeat_interleave(len(batch))
+            kwargs = {self._cache_arg: cache, "position_ids": torch.arange(n, n + width, device=self.device).expand(len(batch), -1)}
+        hidden = self.decoder(input_ids=ids.to(self.device), use_cache=bool(n), **kwargs).last_hidden_state
+        # Gather the hidden state of every scored position (from the prefix pass or this one) with a
+        # single index, then apply the LM head to those positions alone.
+        source = hidden.reshape(-1, hidden.shape[-1])
+        if n:
+            source = torch.cat([prefix[0], source])
+        index, targets, owners = [], [], []
         for b, row in enumerate(batch):
-            offset = keep - len(row.ids)  # column in the kept logits of position 0
-            for i, positions, targets in row.reads:
-                cols = torch.tensor([p + offset for p in positions], device=logprobs.device)
-                tgt = torch.tensor(targets, device=logprobs.device)
-                lp = logprobs[b, cols]
-                token_lp = lp.gather(-1, tgt[:, None])[:, 0]
-                greedy = bool((lp.argmax(-1) == tgt).all())
-                done.append((i, self._response(requests[i], token_lp, greedy, len(targets))))
+            for i, positions, target_ids, n_context in row.reads:
+                index.extend(p if p < n else n + b * width + p - n for p in positions)
+                targets.extend(target_ids)
+                owners.append((i, len(positions), n_context))
+        picked = source[torch.tensor(index, device=source.device)]
+        logprobs = torch.log_softmax(self._logits(picked), dim=-1)
+        target = torch.tensor(targets, device=logprobs.device)
+        token_lp = logprobs.gather(-1, target[:, None])[:, 0].double().cpu()
+        greedy = (logprobs.argmax(-1) == target).cpu()
+        done, at = [], 0
+        for i, count, n_context in owners:
+            done.append((i, self._response(requests[i], token_lp[at : at + count], bool(greedy[at : at + count].all()), n_context)))
+            at += count
         return done
 
-    def _response(self, req: LoglikelihoodRequest, token_lp: torch.Tensor, greedy: bool, n_read: int) -> Loglikelihood:
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head, with the output transforms some architectures apply after it."""
+        logits = self.model.get_output_embeddings()(hidden).float()
+        config = self.model.config
+        if getattr(config, "logit_scale", None):
+            logits = logits * config.logit_scale
+        cap = getattr(config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def _response(self, req: LoglikelihoodRequest, token_lp: torch.Tensor, greedy: bool, n_context: int) -> Loglikelihood:
         if not req.whole_sequence:
-            return Loglikelihood(float(token_lp.sum()), greedy, n_read)
-        # whole sequence: token_lp covers tokens 2..N; split them at the context boundary
-        n_context = len(self.encode_pair(req.context, req.continuation)[0])
+            return Loglikelihood(float(token_lp.sum()), greedy, len(token_lp))
+        # whole sequence: token_lp covers tokens 2..N; split them where the context's tokens end
         context_lp, cont_lp = token_lp[: n_context - 1], token_lp[n_context - 1 :]
         return Loglikelihood(float(cont_lp.sum()), greedy, len(cont_lp), float(context_lp.sum()), n_context)
 
@@ -325,51 +395,67 @@ class HFModel:
 
     @torch.inference_mode()
     def _generate(self, batch, requests) -> list[tuple[int, Generation]]:
-        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
-
+        """Greedy decoding with a KV cache. A row leaves the batch as soon as it is finished (EOS, a
+        stop string, or its token budget), so later steps cost only the rows still running."""
         width = max(len(ids) for _, ids in batch)
         ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for b, (_, row) in enumerate(batch):
             ids[b, width - len(row):] = torch.tensor(row)
             mask[b, width - len(row):] = 1
-        stops = [requests[i].stop for i, _ in batch]
-        tokenizer = self.tokenizer
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        position = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position, use_cache=True, logits_to_keep=1)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        position = position[:, -1:]
+        rows = [Decoding(i, requests[i]) for i, _ in batch]
+        active = rows
+        while True:
+            tokens = out.logits[:, -1].argmax(-1).tolist()
+            for row, token in zip(active, tokens):
+                row.step(token, self.eos_ids, self.tokenizer)
+            keep = [k for k, row in enumerate(active) if row.reason is None]
+            if not keep:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                mask, position = mask[index], position[index]
+                tokens = [tokens[k] for k in keep]
+                active = [active[k] for k in keep]
+            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+            position = position + 1
+            out = self.model(input_ids=torch.tensor(tokens, device=self.device)[:, None], attention_mask=mask,
+                             position_ids=position, use_cache=True, **{self._cache_arg: cache})
+        return [(row.index, row.result(self.tokenizer)) for row in rows]
 
-        # Stop strings are checked on decoded text, per row, so one split across tokens is still seen;
-        # only the last few tokens are decoded each step (a token holds at least one byte).
-        tail = max((len(x.encode()) for s in stops for x in s), default=0) + 4
 
-        class StopStrings(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                new = input_ids[:, width:][:, -tail:]
-                flags = [bool(s) and any(x in tokenizer.decode(new[b], skip_special_tokens=True) for x in s) for b, s in enumerate(stops)]
-                return torch.tensor(flags, device=input_ids.device)
+class Decoding:
+    """One row's greedy decoding state: its new tokens and why it stopped."""
 
-        eos = self.tokenizer.eos_token_id
-        config = GenerationConfig(
-            max_new_tokens=max(requests[i].max_new_tokens for i, _ in batch),
-            do_sample=False, num_beams=1, temperature=None, top_p=None, top_k=None, repetition_penalty=1.0,
-            pad_token_id=self.pad_id, eos_token_id=eos,
-        )
-        out = self.model.generate(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device), generation_config=config,
-            stopping_criteria=StoppingCriteriaList([StopStrings()]) if any(stops) else None,
-        )
-        done = []
-        for b, (i, _) in enumerate(batch):
-            req = requests[i]
-            new = out[b, width:].tolist()[: req.max_new_tokens]
-            reason = "length"
-            if eos is not None and eos in new:
-                new = new[: new.index(eos)]
-                reason = "eos"
-            text = self.tokenizer.decode(new, skip_special_tokens=True)
-            cut = min((text.find(s) for s in req.stop if s in text), default=-1)
-            if cut >= 0:
-                text, reason = text[:cut], "stop"
-            done.append((i, Generation(text, reason, len(new))))
-        return done
+    def __init__(self, index: int, request: GenerateRequest):
+        self.index, self.request = index, request
+        self.tokens: list[int] = []
+        self.reason: str | None = None
+        # a token holds at least one byte: decoding this many last tokens sees any stop string
+        self.tail = max((len(x.encode()) for x in request.stop), default=0) + 4
+
+    def step(self, token: int, eos_ids: set[int], tokenizer) -> None:
+        if token in eos_ids:
+            self.reason = "eos"
+            return
+        self.tokens.append(token)
+        if self.request.stop and any(x in tokenizer.decode(self.tokens[-self.tail:], skip_special_tokens=True) for x in self.request.stop):
+            self.reason = "stop"
+        elif len(self.tokens) >= self.request.max_new_tokens:
+            self.reason = "length"
+
+    def result(self, tokenizer) -> Generation:
+        text = tokenizer.decode(self.tokens, skip_special_tokens=True)
+        cut = min((text.find(x) for x in self.request.stop if x in text), default=-1)
+        if cut >= 0:
+            text = text[:cut]
+        return Generation(text, self.reason or "length", len(self.tokens))
 
 
 def _context_length(config) -> int:

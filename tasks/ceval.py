@@ -1,0 +1,176 @@
+"""C-Eval, as hkust-nlp/ceval's answer-only evaluator builds it (XVERSE: "the same as MMLU").
+
+Prompt: code/evaluator_series/evaluators/llama.py (generate_few_shot_prompt + format_example):
+"以下是中国关于{subject}考试的单项选择题，请选出其中的正确答案。\\n\\n", then the first 5 dev rows of the
+subject (file order) as "{question}\\nA. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\n答案：{answer}\\n\\n", then the item
+ending in "答案：" (full-width colon, no space). {subject} is the subject's Chinese name from
+subject_mapping.json, the documented intent ("把 {subject} 改成具体的科目名称"; OpenCompass and lm-eval
+do the same); variant `subject_key` passes the snake_case key as the official scripts literally do.
+Score: next-token log-prob of the letter token as the tokenizer produces it after "答案：" (no space),
+argmax over A-D. Average: unweighted mean over subjects; each category (STEM, Social Science,
+Humanities, Other) the mean of its subjects; "hard" the mean of the 8 C-Eval Hard subjects.
+Split: test labels were hidden until 2025 and the local files have none, so `default` evaluates val
+(1,346) and says so; variant `test` needs labelled test files (the hub's ceval/ceval-exam has them).
+The official code has no length rule; as MMLU (hendrycks) the prompt loses its last shot while it is
+longer than 2048 tokens (XVERSE-65B has a 16K context, so nothing would be dropped there).
+CSVs are read with pandas as the official eval.py does (CRLF kept inside quoted cells).
+"""
+from __future__ import annotations
+
+from xverse_eval import metrics
+from xverse_eval.errors import EvalError
+from xverse_eval.registry import register_task
+from xverse_eval.task import MultipleChoiceTask
+from xverse_eval.types import Sample
+
+# hkust-nlp/ceval subject_mapping.json: key -> (English name, Chinese name, category)
+SUBJECTS = {
+    "computer_network": ("Computer Network", "计算机网络", "STEM"),
+    "operating_system": ("Operating System", "操作系统", "STEM"),
+    "computer_architecture": ("Computer Architecture", "计算机组成", "STEM"),
+    "college_programming": ("College Programming", "大学编程", "STEM"),
+    "college_physics": ("College Physics", "大学物理", "STEM"),
+    "college_chemistry": ("College Chemistry", "大学化学", "STEM"),
+    "advanced_mathematics": ("Advanced Mathematics", "高等数学", "STEM"),
+    "probability_and_statistics": ("Probability and Statistics", "概率统计", "STEM"),
+    "discrete_mathematics": ("Discrete Mathematics", "离散数学", "STEM"),
+    "electrical_engineer": ("Electrical Engineer", "注册电气工程师", "STEM"),
+    "metrology_engineer": ("Metrology Engineer", "注册计量师", "STEM"),
+    "high_school_mathematics": ("High School Mathematics", "高中数学", "STEM"),
+    "high_school_physics": ("High School Physics", "高中物理", "STEM"),
+    "high_school_chemistry": ("High School Chemistry", "高中化学", "STEM"),
+    "high_school_biology": ("High School Biology", "高中生物", "STEM"),
+    "middle_school_mathematics": ("Middle School Mathematics", "初中数学", "STEM"),
+    "middle_school_biology": ("Middle School Biology", "初中生物", "STEM"),
+    "middle_school_physics": ("Middle School Physics", "初中物理", "STEM"),
+    "middle_school_chemistry": ("Middle School Chemistry", "初中化学", "STEM"),
+    "veterinary_medicine": ("Veterinary Medicine", "兽医学", "STEM"),
+    "college_economics": ("College Economics", "大学经济学", "Social Science"),
+    "business_administration": ("Business Administration", "工商管理", "Social Science"),
+    "marxism": ("Marxism", "马克思主义基本原理", "Social Science"),
+    "mao_zedong_thought": ("Mao Zedong Thought", "毛泽东思想和中国特色社会主义理论体系概论", "Social Science"),
+    "education_science": ("Education Science", "教育学", "Social Science"),
+    "teacher_qualification": ("Teacher Qualification", "教师资格", "Social Science"),
+    "high_school_politics": ("High School Politics", "高中政治", "Social Science"),
+    "high_school_geography": ("High School Geography", "高中地理", "Social Science"),
+    "middle_school_politics": ("Middle School Politics", "初中政治", "Social Science"),
+    "middle_school_geography": ("Middle School Geography", "初中地理", "Social Science"),
+    "modern_chinese_history": ("Modern Chinese History", "近代史纲要", "Humanities"),
+    "ideological_and_moral_cultivation": ("Ideological and Moral Cultivation", "思想道德修养与法律基础", "Humanities"),
+    "logic": ("Logic", "逻辑学", "Humanities"),
+    "law": ("Law", "法学", "Humanities"),
+    "chinese_language_and_literature": ("Chinese Language and Literature", "中国语言文学", "Humanities"),
+    "art_studies": ("Art Studies", "艺术学", "Humanities"),
+    "professional_tour_guide": ("Professional Tour Guide", "导游资格", "Humanities"),
+    "legal_professional": ("Legal Professional", "法律职业资格", "Humanities"),
+    "high_school_chinese": ("High School Chinese", "高中语文", "Humanities"),
+    "high_school_history": ("High School History", "高中历史", "Humanities"),
+    "middle_school_history": ("Middle School History", "初中历史", "Humanities"),
+    "civil_servant": ("Civil Servant", "公务员", "Other"),
+    "sports_science": ("Sports Science", "体育学", "Other"),
+    "plant_protection": ("Plant Protection", "植物保护", "Other"),
+    "basic_medicine": ("Basic Medicine", "基础医学", "Other"),
+    "clinical_medicine": ("Clinical Medicine", "临床医学", "Other"),
+    "urban_and_rural_planner": ("Urban and Rural Planner", "注册城乡规划师", "Other"),
+    "accountant": ("Accountant", "注册会计师", "Other"),
+    "fire_engineer": ("Fire Engineer", "注册消防工程师", "Other"),
+    "environmental_impact_assessment_engineer": ("Environmental Impact Assessment Engineer", "环境影响评价工程师", "Other"),
+    "tax_accountant": ("Tax Accountant", "税务师", "Other"),
+    "physician": ("Physician", "医师资格", "Other"),
+}
+CATEGORIES = ("STEM", "Social Science", "Humanities", "Other")
+HARD = ("advanced_mathematics", "discrete_mathematics", "probability_and_statistics", "college_chemistry",
+        "college_physics", "high_school_mathematics", "high_school_chemistry", "high_school_physics")
+COUNTS = {"val": 1346, "test": 12342}
+
+
+def macro(records, key) -> dict[str, list[float]]:
+    """Per-subject accuracies grouped by key(subject)."""
+    per_subject = metrics.group_by((r.subset, float(r.correct)) for r in records)
+    out: dict[str, list[float]] = {}
+    for subject, values in per_subject.items():
+        for group in key(subject):
+            out.setdefault(group, []).append(metrics.mean(values))
+    return out
+
+
+@register_task
+class CEval(MultipleChoiceTask):
+    name = "ceval"
+    version = "1"
+    shots = 5
+    split = "val"
+    fewshot_split = "dev"
+    data_folder = "ceval"
+    expected_count = COUNTS["val"]
+    max_prompt_tokens = 2048
+    metric = "acc"
+    variants = {
+        "default": "official answer-only prompt, Chinese subject name, val split (test labels not in the published files)",
+        "test": "as default on the test split (12,342); needs labelled test files, e.g. the hub's ceval/ceval-exam",
+        "subject_key": "as default with the snake_case subject key in the header, as the official scripts pass it",
+    }
+    source = "hkust-nlp/ceval cba65ae code/evaluator_series/evaluators/llama.py (answer-only); macro over subjects"
+    hub = ("ceval/ceval-exam", "main")  # no revision could be pinned offline: main
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.variant == "test":
+            self.split = "test"
+            self.expected_count = COUNTS["test"]
+
+    @classmethod
+    def all_subsets(cls) -> list[str]:
+        return sorted(SUBJECTS)
+
+    def subject_name(self, subset: str) -> str:
+        return subset if self.variant == "subject_key" else SUBJECTS[subset][1]
+
+    def load_split(self, subset: str, split: str) -> list[Sample]:
+        if self.data.local:
+            path = self.data.path(split, f"{subset}_{split}.csv")
+            # dev: id,question,A-D,answer,explanation; val: ...,answer; test as published: no answer column
+            columns = 8 if split == "dev" else 7 if split == "val" or self._has_answers(path) else 6
+            frame = self.data.read_csv_pandas(path, columns=columns, header=0)
+            rows = [frame.iloc[i] for i in range(frame.shape[0])]
+            where = str(path)
+        else:
+            rows = self.data.load_hub(self.hub[0], subset, split, self.hub[1])
+            where = f"{self.hub[0]}/{subset}/{split}"
+        samples = []
+        for i, row in enumerate(rows):
+            answer = row["answer"] if "answer" in row else None
+            if answer not in ("A", "B", "C", "D"):
+                if "answer" not in row or answer is None or answer != answer or answer == "":
+                    raise EvalError(f"{where}: row {i + 1}: no answer label (C-Eval test labels are not in the published files; evaluate val, or load labelled test files)")
+                raise EvalError(f"{where}: row {i + 1}: answer {answer!r} is not one of A-D")
+            # "{}".format(cell): exactly how format_example puts a cell into the prompt
+            samples.append(Sample(id=f"{subset}/{split}/{i}", index=i, subset=subset, question="{}".format(row["question"]),
+                                  choices=tuple("{}".format(row[c]) for c in "ABCD"), target="ABCD".index(answer),
+                                  meta={"category": SUBJECTS[subset][2]}))
+        return samples
+
+    @staticmethod
+    def _has_answers(path) -> bool:
+        with path.open("rb") as fh:
+            return "answer" in fh.readline().decode("utf-8", "replace").strip().split(",")
+
+    def aggregate(self, records, limit=None):
+        groups = {}
+        for subject, values in sorted(metrics.group_by((r.subset, float(r.correct)) for r in records).items()):
+            groups[subject] = {"acc": metrics.mean(values), "n": len(values), "category": SUBJECTS[subject][2]}
+        by_category = macro(records, lambda s: [SUBJECTS[s][2]] + (["hard"] if s in HARD else []))
+        for name in (*CATEGORIES, "hard"):
+            if name in by_category:
+                groups[name] = {"acc": metrics.mean(by_category[name]), "subjects": len(by_category[name]), "kind": "category"}
+        subject_accs = [g["acc"] for s, g in groups.items() if s in SUBJECTS]
+        values = [float(r.correct) for r in records]
+        result_metrics = {"acc": metrics.mean(subject_accs) if subject_accs else float("nan"),
+                          "acc_micro": metrics.mean(values) if values else float("nan"),
+                          "acc_stderr": metrics.stderr(values) if values else float("nan")}
+        if "hard" in by_category:
+            result_metrics["acc_hard"] = groups["hard"]["acc"]
+        notes = [f"acc = unweighted mean over {len(subject_accs)} subjects (official C-Eval average); acc_micro = over items",
+                 f"split: {self.split}" + (" (test labels are not in the published files; XVERSE's 68.6 is most likely a test-set score)" if self.split == "val" else ""),
+                 "header subject: " + ("snake_case key (official scripts)" if self.variant == "subject_key" else "Chinese name (subject_mapping.json)")]
+        return self.result(result_metrics, groups, records, limit, notes=notes)
