@@ -5,7 +5,7 @@ PIP    := $(PY) -m pip install -q --disable-pip-version-check
 # torch 2.13.0 is the CPU wheel these machines keep on local disk; anywhere else, any torch>=2.1 works
 # (TORCH=torch gives pip's choice).
 TORCH  ?= torch==2.13.0
-DATA   ?= $(firstword $(wildcard ../shared/data))
+DATA   ?= $(abspath $(firstword $(wildcard ../shared/data)))
 
 .PHONY: setup demo test clean
 

@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+# Child processes of the tests run in other folders: make the data path absolute once, here, before
+# any test module reads it.
+if os.environ.get("XVERSE_TEST_DATA"):
+    os.environ["XVERSE_TEST_DATA"] = str(Path(os.environ["XVERSE_TEST_DATA"]).resolve())
+
 
 @pytest.fixture(scope="session")
 def data_dir() -> str:

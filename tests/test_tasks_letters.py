@@ -271,14 +271,7 @@ def test_letter_tokens_on_a_chinese_heavy_tokenizer():
 
 # ----------------------------------------------------------------------------- real model (CPU)
 
-@pytest.fixture(scope="module")
-def smollm2():
-    from xverse_eval.runner import load_model
-
-    try:
-        return load_model("smollm2-135m", device="cpu")
-    except EvalError as exc:
-        pytest.skip(str(exc))
+# the `smollm2` fixture (the real model, loaded once per session) comes from conftest.py
 
 
 @needs_data
