@@ -9,7 +9,7 @@ for f in .devdata/*.deb; do dpkg -x "$f" /tmp/bw; done
 export PATH=/tmp/bw/usr/bin:$PATH LD_LIBRARY_PATH=/tmp/bw/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-for shape in ${SHAPES:-llama-1b llama-8b-gqa}; do
+for shape in ${SHAPES-llama-1b llama-8b-gqa}; do
   python3 benchmarks/runner_speed.py --data-dir .devdata/data --random $shape --tokenizer .devdata/smollm2-tokenizer \
     --subjects ${SUBJECTS:-8} --limit ${LIMIT:-50} 2>&1 | grep -v Warning | tee -a $OUT/speed.txt
 done
@@ -26,6 +26,6 @@ PY
 python3 -c "from xverse_eval.sandbox import Sandbox; s = Sandbox(); s.self_check(); print('sandbox', s.mode)" 2>&1 | tail -1
 flag=$(python3 -c "from xverse_eval.sandbox import Sandbox; s = Sandbox(); s.self_check()" >/dev/null 2>&1 || echo --allow-unsafe-exec)
 /usr/bin/time -v python3 -m xverse_eval run --model /tmp/rand1b --tasks ${TASKS:-mmlu,humaneval} --data-dir .devdata/data \
-  --device cuda --output-dir $OUT/run $flag 2> $OUT/run_stderr.txt | tail -30
+  --device cuda --output-dir $OUT/run $flag ${RUN_LIMIT:+--limit $RUN_LIMIT} 2> $OUT/run_stderr.txt | tail -30
 grep -E "Elapsed|Maximum resident" $OUT/run_stderr.txt; tail -3 $OUT/run_stderr.txt
 rm -f $OUT/run/responses.jsonl $OUT/run/plan.jsonl $OUT/run/samples/mmlu.jsonl

@@ -372,7 +372,7 @@ class HFModel:
                 raise EvalError(f"request {req.key}: prompt of {len(ids)} tokens + {req.max_new_tokens} new tokens exceed the model's context of {self.max_length}")
             encoded.append((i, ids))
         encoded.sort(key=lambda item: -len(item[1]))
-        size = self.batch_size if isinstance(self.batch_size, int) else (32 if self.device.startswith("cuda") else 8)
+        size = self.batch_size if isinstance(self.batch_size, int) else (64 if self.device.startswith("cuda") else 16)
         results: list[Generation | None] = [None] * len(requests)
         batches = [encoded[k : k + size] for k in range(0, len(encoded), size)]
         for batch in tqdm(batches, desc="generate", unit="batch", disable=None):
