@@ -3,8 +3,10 @@
 Scoring runs one forward pass per distinct token row: requests whose inputs are the same tokens (the
 four letter choices of one question) share a row and differ only in the token they read. Rows are
 sorted by length (longest first, so an out-of-memory shows up in the first batch), packed into
-token-budget batches, left-padded so every row ends at the same position, and the LM head is applied
-only to the positions that are scored.
+token-budget batches, right-padded and run without an attention mask (a pad after a token cannot
+change it in a causal model), and the LM head is applied only to the positions that are scored.
+With `prefix_cache`, a prefix many rows share (the k-shot block) is run once and its KV reused.
+Generation is greedy with a KV cache; a row leaves the batch as soon as it is finished.
 """
 from __future__ import annotations
 
