@@ -10,6 +10,7 @@ CSVs are read with pandas, as the reference does, so cells render identically ("
 from __future__ import annotations
 
 from xverse_eval import metrics
+from xverse_eval.errors import EvalError
 from xverse_eval.registry import register_task
 from xverse_eval.task import MultipleChoiceTask
 from xverse_eval.types import Sample
@@ -91,8 +92,6 @@ class MMLU(MultipleChoiceTask):
 
     @staticmethod
     def _bad(path, i, what):
-        from xverse_eval.errors import EvalError
-
         return EvalError(f"{path}: row {i + 1}: {what}")
 
     def aggregate(self, records, limit=None):

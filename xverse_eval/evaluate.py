@@ -115,8 +115,8 @@ def infer(model, items: Sequence[Prepared], store: ResponseStore) -> None:
     seen = set()
     for item in items:
         for req in item.requests:
-            k = store.key(req)
-            if store.get(req) is None and k not in seen:
+            k = store.key(req)  # hashes the whole prompt: once per request
+            if k not in store.done and k not in seen:
                 seen.add(k)
                 todo[type(req)].append(req)
     done = sum(len(i.requests) for i in items) - sum(len(v) for v in todo.values())
@@ -129,11 +129,12 @@ def infer(model, items: Sequence[Prepared], store: ResponseStore) -> None:
 
 
 def collect(items: Sequence[Prepared], store: ResponseStore, task: str):
-    missing = [r.key for i in items for r in i.requests if store.get(r) is None]
+    responses = [[store.get(r) for r in i.requests] for i in items]
+    missing = [r.key for i, resp in zip(items, responses) for r, x in zip(i.requests, resp) if x is None]
     if missing:
         total = sum(len(i.requests) for i in items)
         raise EvalError(f"{task}: incomplete run, {total - len(missing)}/{total} responses stored (first missing: {missing[0]}); re-run the same command to finish it")
-    return [[store.get(r) for r in i.requests] for i in items]
+    return responses
 
 
 def score_and_report(run: RunDir, tasks: list[Task], items: dict[str, list[Prepared]], store: ResponseStore, manifest: dict, limit: int | None) -> dict:
