@@ -48,7 +48,7 @@ def lm_eval_style(model: HFModel, requests, batch_size: int) -> list[float]:
     """Baseline: right-padded fixed batches, full-vocab log_softmax at every position."""
     rows = {}
     for i, req in enumerate(requests):
-        ctx, cont = model.encode_pair(req.context, req.continuation)
+        ctx, cont = model.tokens.encode_pair(req.context, req.continuation)
         rows.setdefault(tuple(ctx + cont[:-1]), []).append((i, len(ctx) - 1, cont[0]))
     ordered = sorted(rows.items(), key=lambda kv: -len(kv[0]))
     out = [0.0] * len(requests)

@@ -242,12 +242,13 @@ def test_torn_write_fault_leaves_a_torn_tail_that_the_next_open_cuts(tmp_path):
 
 def test_oom_splits_batches_down_to_single_rows():
     torch = pytest.importorskip("torch")
-    from xverse_eval.runner.hf import HFModel, Row
+    from xverse_eval.runner.engine import Engine
+    from xverse_eval.runner.scoring import Row, Scorer
 
-    model = HFModel.__new__(HFModel)  # no weights: only the splitting logic is under test
+    model = Scorer.__new__(Scorer)  # no weights: only the splitting logic is under test
     sizes = []
     # arguments after (batch, requests) vary with the runner's version (prefix cache): pass them neutral
-    extra = [{"n": 0}.get(name) for name in list(inspect.signature(HFModel._score_resilient).parameters)[3:]]
+    extra = [{"n": 0}.get(name) for name in list(inspect.signature(Scorer._score_resilient).parameters)[3:]]
 
     def score(batch, requests, *args, **kwargs):
         sizes.append(len(batch))
@@ -266,8 +267,9 @@ def test_oom_splits_batches_down_to_single_rows():
             raise torch.OutOfMemoryError("injected")
         return [(i, Generation("x", "length", 1)) for i, _ in batch]
 
-    model._generate = generate
-    assert sorted(i for i, _ in model._generate_resilient([(i, [1, 2]) for i in range(5)], None)) == list(range(5))
+    engine = Engine.__new__(Engine)
+    engine._generate = generate
+    assert sorted(i for i, _ in engine._generate_resilient([(i, [1, 2]) for i in range(5)], None)) == list(range(5))
 
     model._score = lambda batch, requests, *args, **kwargs: (_ for _ in ()).throw(torch.OutOfMemoryError("injected"))
     with pytest.raises(EvalError, match=r"^out of memory on a single row of 10 tokens"):

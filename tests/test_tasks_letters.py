@@ -234,9 +234,11 @@ def test_agieval_macro_micro_and_languages():
 
 def fake_model(tokenizer):
     from xverse_eval.runner.hf import HFModel
+    from xverse_eval.runner.tokens import Tokens
 
     m = HFModel.__new__(HFModel)
     m.tokenizer = tokenizer
+    m.tokens = Tokens(tokenizer)
     return m
 
 
@@ -252,7 +254,7 @@ def check_letters(model):
         assert item.prompt.endswith(ending), spec
         for j, req in enumerate(item.requests):
             assert req.continuation == first.replace("A", "ABCDE"[j])
-            context_ids, cont_ids = model.encode_pair(req.context, req.continuation)
+            context_ids, cont_ids = model.tokens.encode_pair(req.context, req.continuation)
             assert len(cont_ids) == 1, (spec, req.continuation, cont_ids)
             assert model.tokenizer.decode(cont_ids) == req.continuation, spec
             # the scored token is the one the tokenizer produces in the whole string
