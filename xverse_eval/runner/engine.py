@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 
 from ..errors import EvalError
+from ..progress import progress
 from ..types import Generation, GenerateRequest
 from . import OnDone
 
@@ -28,10 +29,7 @@ class Engine:
         self.eos_ids = hf.eos_ids
         self._cache_arg = hf.cache_arg
 
-
     def generate(self, requests: Sequence[GenerateRequest], on_done: OnDone | None = None) -> list[Generation]:
-        from tqdm import tqdm
-
         encoded = []
         for i, req in enumerate(requests):
             ids = self.tokens.encode(req.prompt)
@@ -42,12 +40,15 @@ class Engine:
         size = self.batch_size if isinstance(self.batch_size, int) else (64 if self.device.startswith("cuda") else 16)
         results: list[Generation | None] = [None] * len(requests)
         batches = [encoded[k : k + size] for k in range(0, len(encoded), size)]
-        for batch in tqdm(batches, desc="generate", unit="batch", disable=None):
+        bar = progress(len(requests), "generate", "req", enabled=self.hf.report_progress)
+        for batch in batches:
             done = self._generate_resilient(batch, requests)
             for i, gen in done:
                 results[i] = gen
             if on_done:
                 on_done([(requests[i], gen) for i, gen in done])
+            bar.update(len(done))
+        bar.close()
         return results  # type: ignore[return-value]
 
     def _generate_resilient(self, batch, requests):

@@ -40,6 +40,7 @@ class HFModel:
         configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         configured = configured if isinstance(configured, list) else [configured]
         self.eos_ids = {t for t in [tokenizer.eos_token_id, *configured] if t is not None}
+        self.report_progress = True  # off on non-zero ranks under torchrun: rank 0 reports the whole job
         self.scorer = Scorer(self)
         self.engine = Engine(self)
 

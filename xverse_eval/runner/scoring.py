@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 
 from ..errors import EvalError
+from ..progress import progress
 from ..types import Loglikelihood, LoglikelihoodRequest
 from . import OnDone
 
@@ -118,12 +119,11 @@ class Scorer:
         return batches
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest], on_done: OnDone | None = None) -> list[Loglikelihood]:
-        from tqdm import tqdm
-
         results: list[Loglikelihood | None] = [None] * len(requests)
         work = [(n, batch) for n, members in self._groups(self._rows(requests)) for batch in self._batches(members)]
         prefix_cache: dict[tuple[int, ...], tuple] = {}
-        for n, batch in tqdm(work, desc="loglikelihood", unit="batch", disable=None):
+        bar = progress(len(requests), "loglikelihood", "req", enabled=self.hf.report_progress)
+        for n, batch in work:
             prefix = tuple(batch[0].ids[:n])
             if n and prefix not in prefix_cache:
                 prefix_cache.clear()  # groups come one after another: keep only the current prefix
@@ -133,6 +133,8 @@ class Scorer:
                 results[i] = resp
             if on_done:
                 on_done([(requests[i], resp) for i, resp in done])
+            bar.update(len(done))
+        bar.close()
         return results  # type: ignore[return-value]
 
     def _score_resilient(self, batch: list[Row], requests, n: int, prefix) -> list[tuple[int, Loglikelihood]]:
