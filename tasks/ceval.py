@@ -137,18 +137,33 @@ class CEval(MultipleChoiceTask):
         else:
             rows = self.data.load_hub(self.hub[0], subset, split, self.hub[1])
             where = f"{self.hub[0]}/{subset}/{split}"
+        self._check_answers(rows, split, where)
         samples = []
         for i, row in enumerate(rows):
-            answer = row["answer"] if "answer" in row else None
-            if answer not in ("A", "B", "C", "D"):
-                if "answer" not in row or answer is None or answer != answer or answer == "":
-                    raise EvalError(f"{where}: row {i + 1}: no answer label (C-Eval test labels are not in the published files; evaluate val, or load labelled test files)")
-                raise EvalError(f"{where}: row {i + 1}: answer {answer!r} is not one of A-D")
+            answer = row["answer"]
             # "{}".format(cell): exactly how format_example puts a cell into the prompt
             samples.append(Sample(id=f"{subset}/{split}/{i}", index=i, subset=subset, question="{}".format(row["question"]),
                                   choices=tuple("{}".format(row[c]) for c in "ABCD"), target="ABCD".index(answer),
                                   meta={"category": SUBJECTS[subset][2]}))
         return samples
+
+    @staticmethod
+    def _check_answers(rows, split: str, where: str) -> None:
+        """Every row has an answer A-D. A test file with no labels at all is the published test split
+        (hidden labels); an empty cell in a labelled file is a damaged file, named by row and id."""
+        def empty(value) -> bool:
+            return value is None or value != value or (isinstance(value, str) and not value.strip())
+
+        answers = [row["answer"] if "answer" in row else None for row in rows]
+        if split == "test" and all(empty(a) for a in answers):
+            raise EvalError(f"{where}: no answer labels (C-Eval test labels are not in the published files; evaluate val, or load labelled test files)")
+        for i, (row, answer) in enumerate(zip(rows, answers)):
+            item = f"{where}: row {i + 1}" + (f" (id {row['id']})" if "id" in row else "")
+            if empty(answer):
+                shown = "NaN" if answer is not None and answer != answer else repr(answer)
+                raise EvalError(f"{item}: empty answer cell ({shown}); expected one of A-D")
+            if answer not in ("A", "B", "C", "D"):
+                raise EvalError(f"{item}: answer {answer!r} is not one of A-D")
 
     @staticmethod
     def _has_answers(path) -> bool:

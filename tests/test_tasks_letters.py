@@ -298,7 +298,7 @@ def test_real_model_run(smollm2, tmp_path):
         assert 0.0 <= r["metrics"][r["metric"]] <= 1.0 and r["variant"] == "default"
     assert results["ceval"]["split"] == "val"
     saved = json.loads((path / "results.json").read_text())
-    assert saved["results"]["agieval"]["variant"] == "default"
+    assert saved["xverse_eval"]["results"]["agieval"]["variant"] == "default"
     lines = [json.loads(line) for line in (path / "samples" / "agieval.jsonl").read_text().splitlines()]
     assert {r["extra"]["shots"] for r in lines} == {3, 5}
     assert not any(math.isnan(r["metrics"]["acc"]) for r in results.values())

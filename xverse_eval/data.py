@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -78,7 +79,12 @@ class DataSource:
             raise EvalError(f"{path}: contains NUL bytes")
         if text.lstrip().startswith("["):
             raise EvalError(f"{path}: is a JSON array; expected JSON Lines (one object per line)")
-        lines = text.splitlines()
+        # Lines end where the reference readers' `for line in open(path)` (text mode: universal
+        # newlines) ends them, at "\n", "\r\n" or "\r". str.splitlines() would also split inside
+        # strings at raw U+2028, U+0085, form feeds and the like, which JSON allows there.
+        lines = re.split(r"\r\n|\r|\n", text)
+        if lines and lines[-1] == "":
+            lines.pop()
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -130,14 +136,70 @@ class DataSource:
     # -- hub
 
     def load_hub(self, dataset: str, config: str | None, split: str, revision: str) -> list[dict[str, Any]]:
-        """Load a split from the Hugging Face hub at a pinned revision (needs the network or the HF cache)."""
+        """Load a split from the Hugging Face hub at a pinned revision (needs the network or the HF cache).
+
+        Offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set, or the hub's host unreachable within
+        HUB_PROBE_SECONDS) it makes one cache-only attempt instead of the hub client's ~26 s of retries.
+        Errors: EvalError, one line naming the dataset and the cause's type."""
         try:
             import datasets
         except ImportError:
             raise EvalError(f"{self.task}: no --data-dir given and the `datasets` package is not installed") from None
         try:
-            ds = datasets.load_dataset(dataset, config, split=split, revision=revision)
+            with _offline_mode(not _hub_reachable()):
+                ds = datasets.load_dataset(dataset, config, split=split, revision=revision)
         except Exception as exc:
             raise EvalError(f"{self.task}: cannot load {dataset}{'/' + config if config else ''} from the hub ({type(exc).__name__}); pass --data-dir with the published files") from None
         self.hub = f"hub:{dataset}@{revision}"
         return [dict(row) for row in ds]
+
+
+HUB_PROBE_SECONDS = 3.0
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_reachable() -> bool:
+    """Whether the hub can be reached: False at once when an offline variable is set, else one TCP
+    connection to the endpoint's host (HF_ENDPOINT honoured) within HUB_PROBE_SECONDS. Behind a proxy
+    the probe cannot tell, so the hub client decides (True)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v, "").upper() in _TRUE for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return False
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)),
+                                 timeout=HUB_PROBE_SECONDS).close()
+        return True
+    except OSError:
+        return False
+
+
+class _offline_mode:
+    """Within: the hub clients' offline switches on (cache only, no retries), when `on`. They read the
+    environment once at import, so the flags are set on their modules and restored afterwards."""
+
+    _FLAGS = (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE"),
+              ("datasets.config", "HF_DATASETS_OFFLINE"))
+
+    def __init__(self, on: bool):
+        self.on, self.saved = on, []
+
+    def __enter__(self):
+        if self.on:
+            import importlib
+
+            for module, name in self._FLAGS:
+                mod = importlib.import_module(module)
+                if hasattr(mod, name):
+                    self.saved.append((mod, name, getattr(mod, name)))
+                    setattr(mod, name, True)
+        return self
+
+    def __exit__(self, *exc):
+        for mod, name, value in self.saved:
+            setattr(mod, name, value)
+        return False

@@ -17,6 +17,7 @@ an EvalError) the n-th time (default: the first) it reaches `fault("<point>")`. 
 "appended" (a batch stored), "atomic_write" (a final file's temp copy written, not yet renamed),
 "score" (before scoring each task), "report" (results.json written, report.md not yet).
 tests/test_resume.py kills runs at these points and checks that a re-run finishes them exactly.
+Under torchrun, XVERSE_EVAL_FAULT_RANK=<rank> fires it in that rank only (tests/test_parallel.py).
 """
 from __future__ import annotations
 
@@ -47,6 +48,9 @@ def _fault_due(point: str) -> str | None:
     where, _, action = spec.partition("=")
     name, _, nth = where.partition("@")
     if name != point:
+        return None
+    only = os.environ.get("XVERSE_EVAL_FAULT_RANK")  # under torchrun: fire in this rank only
+    if only is not None and only != os.environ.get("RANK", "0"):
         return None
     _FAULT_HITS[point] = _FAULT_HITS.get(point, 0) + 1
     return (action or "kill") if _FAULT_HITS[point] == int(nth or 1) else None
@@ -99,15 +103,16 @@ def write_jsonl(path: Path, rows: Iterable[Any]) -> None:
     atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def read_jsonl_tolerant(path: Path) -> list[dict]:
+def read_jsonl_tolerant(path: Path, truncate: bool = True) -> list[dict]:
     """Read an append-only log. Every write ends in a newline, so bytes after the last newline are a
     write torn by a crash: they are cut off the file (that request is simply computed again). A
-    line that does not parse anywhere before that is damage, not a crash, and is an error."""
+    line that does not parse anywhere before that is damage, not a crash, and is an error.
+    `truncate=False` only skips a torn tail: for another rank's file, which only its writer may cut."""
     if not path.exists():
         return []
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
-    if end < len(data):
+    if end < len(data) and truncate:
         log.warning("%s: cutting off a torn last line (%d bytes) left by a crash; those requests run again", path, len(data) - end)
         with open(path, "r+b") as fh:
             fh.truncate(end)
@@ -148,11 +153,18 @@ class RunDir:
     """One run's folder. Holding it (`with RunDir(...)`) takes an exclusive lock, so two processes
     can never append to one run; the kernel drops the lock when its process dies, even by SIGKILL."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, lock: bool = True):
         self.path = Path(path)
+        self.lock = lock  # False: a non-zero torchrun rank, inside the job whose rank 0 holds the lock
         self._lock_fh = None
 
     def __enter__(self) -> "RunDir":
+        if not self.lock:
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise EvalError(f"run dir is not writable: {self.path} ({exc.strerror or exc})") from None
+            return self
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".write-probe.{os.getpid()}"
@@ -218,18 +230,25 @@ class ResponseStore:
     A key is the sha256 of everything that determines a response: the model identity (id, path,
     revision, dtype, backend), the task's version and template hash, and the whole request (its
     rendered text included). A resumed run asks the model only for the keys not stored yet; a key is
-    written at most once, so nothing is counted twice."""
+    written at most once, so nothing is counted twice.
+
+    `path` is the file this process appends to: responses.jsonl, or responses.rank<R>.jsonl for
+    replica R of a torchrun job (parallel.py). Reading merges every responses*.jsonl in its folder,
+    so a run resumes from the files of any earlier world size; only `path` itself is ever cut or
+    written."""
 
     def __init__(self, path: Path, identity: dict, tasks: dict[str, dict] | None = None):
         self.path = path
         self.identity = identity
         self.tasks = {name: {"version": t.get("version"), "prompt_hash": t.get("prompt_hash")} for name, t in (tasks or {}).items()}
         self.done: dict[str, Response] = {}
-        for n, row in enumerate(read_jsonl_tolerant(path), 1):
-            try:
-                self.done[row["key"]] = response_from_dict(row["response"])
-            except (KeyError, TypeError):
-                raise EvalError(f"{path}:{n}: not a response line (no key/response); move the file away to start over") from None
+        others = sorted(p for p in path.parent.glob("responses*.jsonl") if p != path)
+        for file in [path, *others]:
+            for n, row in enumerate(read_jsonl_tolerant(file, truncate=file == path), 1):
+                try:
+                    self.done.setdefault(row["key"], response_from_dict(row["response"]))
+                except (KeyError, TypeError):
+                    raise EvalError(f"{file}:{n}: not a response line (no key/response); move the file away to start over") from None
 
     def key(self, request: Request) -> str:
         task = request.key.split("/", 1)[0]

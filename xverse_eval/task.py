@@ -75,6 +75,12 @@ class Task:
 
                 close = difflib.get_close_matches(subset, known, n=1)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
+                if known == [""]:
+                    hint = "; it has no subsets"
+                elif len(known) <= 20:
+                    hint += f" (subsets: {', '.join(known)})"
+                else:
+                    hint += f" ({len(known)} subsets: see `xverse-eval list {self.name}`)"
                 raise EvalError(f"unknown subset {subset!r} of task {self.name}{hint}")
         self.subsets = list(subsets) if subsets else known
 

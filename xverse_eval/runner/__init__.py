@@ -27,11 +27,39 @@ class Model(Protocol):
 
 def load_model(spec: str, **kwargs) -> Model:
     """Load `spec` (hub id, local folder, .gguf file or alias) with the transformers backend.
-    `fake:SEED[:opt=v...]` is the deterministic fake model of runner/fake.py (for tests)."""
+    `fake:SEED[:opt=v...]` is the deterministic fake model of runner/fake.py (for tests);
+    `random:ARCH[:layers=N]...` a random-weight model of a real architecture (runner/xverse.py).
+    `dist` (parallel.Dist, under torchrun): load on the rank's GPU, sharded over its TP group."""
+    dist = kwargs.pop("dist", None)
     if spec.startswith("fake:"):
         from .fake import FakeModel
 
         return FakeModel.load(spec, **kwargs)
+    if spec.startswith("random:"):
+        from .xverse import load_random
+
+        return load_random(spec, dist=dist, **kwargs)
     from .hf import HFModel
 
-    return HFModel.load(spec, **kwargs)
+    if dist is None or not dist.active:
+        return HFModel.load(spec, **kwargs)
+    from ..parallel import plan_and_load
+
+    return plan_and_load(HFModel, spec, dist, **kwargs)
+
+
+def model_identity(spec: str, **kwargs) -> dict | None:
+    """The fingerprint `load_model(spec, **kwargs).fingerprint` will have, computed without loading
+    the weights (runner/fingerprint.py), or None where only a loaded model knows it (random weights,
+    a torchrun job). A resume with nothing left to compute uses it to find its finished run."""
+    dist = kwargs.get("dist")
+    if spec.startswith("random:") or (dist is not None and dist.active):
+        return None
+    if spec.startswith("fake:"):
+        from .fake import FakeModel
+
+        return FakeModel.load(spec, **kwargs).fingerprint
+    from .load import identify
+
+    keys = ("device", "dtype", "revision", "model_args", "trust_remote_code")
+    return identify(spec, **{k: kwargs[k] for k in keys if k in kwargs})[2]

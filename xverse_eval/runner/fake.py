@@ -21,6 +21,7 @@ import time
 from typing import Sequence
 
 from ..errors import EvalError
+from ..progress import progress
 from ..types import Generation, GenerateRequest, Loglikelihood, LoglikelihoodRequest
 from . import OnDone
 
@@ -77,9 +78,10 @@ class FakeModel:
     def _batches(self, requests):
         return [list(range(k, min(k + self.batch_size, len(requests)))) for k in range(0, len(requests), self.batch_size)]
 
-    def _run(self, requests, answer, on_done: OnDone | None):
+    def _run(self, requests, answer, on_done: OnDone | None, desc: str):
         results = [None] * len(requests)
         trace = os.environ.get("XVERSE_EVAL_FAKE_TRACE")
+        bar = progress(len(requests), desc, "req")  # like the real backends, so progress output is testable here
         for batch in self._batches(requests):
             if self.sleep:
                 time.sleep(self.sleep)
@@ -91,6 +93,8 @@ class FakeModel:
                 results[i] = resp
             if on_done:
                 on_done([(requests[i], resp) for i, resp in done])
+            bar.update(len(batch))
+        bar.close()
         return results
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest], on_done: OnDone | None = None) -> list[Loglikelihood]:
@@ -108,7 +112,7 @@ class FakeModel:
                 resp = Loglikelihood(resp.logprob, resp.is_greedy, n_cont, -2.0 * n_ctx * _unit(self.seed, "ctx", req.context), n_ctx)
             return resp
 
-        return self._run(requests, answer, on_done)
+        return self._run(requests, answer, on_done, "loglikelihood")
 
     def generate(self, requests: Sequence[GenerateRequest], on_done: OnDone | None = None) -> list[Generation]:
         for req in requests:
@@ -125,4 +129,4 @@ class FakeModel:
                 text, reason = text[:cut], "stop"
             return Generation(text, reason, len(self.tokens(text)))
 
-        return self._run(requests, answer, on_done)
+        return self._run(requests, answer, on_done, "generate")

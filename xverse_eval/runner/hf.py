@@ -13,7 +13,7 @@ from ..errors import EvalError
 from ..types import Generation, GenerateRequest, Loglikelihood, LoglikelihoodRequest
 from . import OnDone
 from .engine import Engine
-from .load import commit_hash, context_length, default_device, load_transformers, pick_dtype, resolve
+from .load import context_length, default_device, identify, load_transformers
 from .scoring import Scorer
 from .tokens import Tokens
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 class HFModel:
     def __init__(self, tokenizer, model, name: str, fingerprint: dict, device: str, batch_size: str | int = "auto",
-                 max_length: int | None = None, prefix_cache: bool = False):
+                 max_length: int | None = None, prefix_cache: bool = True):
         self.tokenizer = tokenizer
         self.tokens = Tokens(tokenizer)
         self.model = model
@@ -46,22 +46,25 @@ class HFModel:
 
     @classmethod
     def load(cls, spec: str, device: str | None = None, dtype: str = "auto", batch_size: str | int = "auto", revision: str | None = None,
-             max_length: int | None = None, prefix_cache: bool = False) -> "HFModel":
+             max_length: int | None = None, prefix_cache: bool = True, model_args: dict | None = None,
+             trust_remote_code: bool = False, **from_pretrained) -> "HFModel":
+        """Load `spec`. `model_args` (--model-args) and `trust_remote_code` go to from_pretrained and
+        into the fingerprint (runner/fingerprint.py, computed from the files before loading);
+        `from_pretrained` is loader plumbing that does not change what is computed (tp_plan,
+        device_mesh under torchrun) and is passed through as is."""
         device = device or default_device()
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise EvalError("--device cuda was asked for, but torch sees no CUDA device")
-        torch_dtype = pick_dtype(dtype, device)
-        source = resolve(spec)
-        tokenizer, model = load_transformers(source, torch_dtype, device, revision)
-        fingerprint = {
-            "model": spec,
-            "path": source.path,
-            "gguf_file": source.gguf_file,
-            "revision": revision or commit_hash(model),
-            "dtype": str(torch_dtype).removeprefix("torch."),
-            "backend": "transformers",
-        }
+        source, torch_dtype, fingerprint = identify(spec, device, dtype, revision, model_args, trust_remote_code)
+        # a hub model loads at the commit its fingerprint names, so weights and identity agree
+        tokenizer, model = load_transformers(source, torch_dtype, device, fingerprint["revision"], trust_remote_code=fingerprint["trust_remote_code"],
+                                             **fingerprint["model_args"], **from_pretrained)
         return cls(tokenizer, model, spec, fingerprint, device, batch_size, max_length, prefix_cache)
+
+    def stop_at_tokens(self, ids: set[int]) -> None:
+        """Generation also ends at these token ids (a chat template's end-of-turn tokens). The set is
+        widened in place: the engine holds the same set."""
+        self.eos_ids.update(ids)
 
     # -- the contract
 

@@ -1,30 +1,72 @@
-"""Text <-> token ids as the model sees them: whole prompts, context/continuation pairs, new text."""
+"""Text <-> token ids as the model sees them: whole prompts, context/continuation pairs, new text.
+
+Special tokens are never left to the tokenizer's post-processor: a tokenizer.json whose
+TemplateProcessing appends EOS (as `add_eos_token=True` tokenizers do), or a SEP, would otherwise put
+that token after every prompt and inside every scored continuation (letter scoring would read
+log P(EOS | prompt + " A")). Text is encoded with `add_special_tokens=False`, and only the special
+tokens the tokenizer puts *before* text (BOS for Llama, Gemma, Mistral; nothing for GPT-2-style
+byte-level BPE such as SmolLM2 or Qwen) are added back, once.
+"""
 from __future__ import annotations
 
 import logging
 
+from ..errors import EvalError
+
 log = logging.getLogger(__name__)
+
+PROBE = "Hello world"  # any plain text: only what the post-processor adds around it matters
 
 
 class Tokens:
-    """The tokenizer seen through the three questions the runner asks of it."""
+    """The tokenizer seen through the three questions the runner asks of it.
+
+    `prefix`: the special token ids the model expects before every sequence (e.g. [BOS], or []),
+    found by encoding a probe text with and without the tokenizer's specials. `special_ids`: the
+    tokenizer's special tokens (unk excepted: it stands for text, not structure); none may appear in a
+    scored continuation."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        self.special_ids = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+        self.prefix = self._leading_specials()
+        self.prefix_text = tokenizer.decode(self.prefix) if self.prefix else ""
+
+    def _leading_specials(self) -> list[int]:
+        """The special tokens the tokenizer's own encoding puts before the text, trailing ones dropped."""
+        plain = self.tokenizer(PROBE, add_special_tokens=False).input_ids
+        full = self.tokenizer(PROBE).input_ids
+        for start in range(len(full) - len(plain) + 1):
+            if full[start : start + len(plain)] == plain:
+                lead = full[:start]
+                break
+        else:  # the post-processor rewrote the text's own tokens: trust nothing it adds
+            log.warning("the tokenizer's special tokens wrap %r unexpectedly (%s vs %s); adding none", PROBE, full, plain)
+            return []
+        if any(t not in self.special_ids for t in lead):
+            log.warning("the tokenizer puts non-special tokens %s before text; adding none", lead)
+            return []
+        return lead
 
     def encode(self, text: str) -> list[int]:
-        """Tokenise as the model sees a whole prompt: with the tokenizer's default special tokens (BOS)."""
-        return self.tokenizer(text).input_ids
+        """Token ids of a whole prompt: `prefix` (BOS where the model expects one) + the text's own
+        tokens; no trailing EOS/SEP, and no second BOS when the text already starts with one (a chat
+        template that renders it)."""
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        if not self.prefix or ids[: len(self.prefix)] == self.prefix or (self.prefix_text and text.startswith(self.prefix_text)):
+            return ids
+        return self.prefix + ids
 
     def count(self, text: str) -> int:
         return len(self.encode(text))
 
-    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    def encode_pair(self, context: str, continuation: str, key: str | None = None) -> tuple[list[int], list[int]]:
         """Tokenise context+continuation as one string, then split where the context's own tokens end.
 
         Encoding the whole string keeps the continuation's first token the one the model really sees
         after the context (" A" after "Answer:", "A" after "答案："), never a token of `continuation`
-        encoded on its own.
+        encoded on its own. Raises EvalError (naming request `key`) when the continuation's tokens
+        hold a special token: its log-probability would be scored as if it were text.
         """
         whole = self.encode(context + continuation)
         context_ids = self.encode(context)
@@ -33,7 +75,13 @@ class Tokens:
             # The boundary merged into one token: keep lm-eval's rule (the context keeps as many tokens
             # as it has on its own) so the split is deterministic; the caller can see n_tokens.
             log.debug("context/continuation boundary merged for %r", continuation)
-        return whole[:n], whole[n:]
+        continuation_ids = whole[n:]
+        special = [t for t in continuation_ids if t in self.special_ids]
+        if special:
+            name = self.tokenizer.convert_ids_to_tokens(special[0])
+            where = f"request {key}: the" if key else "the"
+            raise EvalError(f"{where} continuation {continuation!r} holds the special token {name!r} (id {special[0]}); only text may be scored")
+        return whole[:n], continuation_ids
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

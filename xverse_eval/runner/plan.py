@@ -1,0 +1,103 @@
+"""Batch planning: how many tokens one forward pass may hold, from the device's free memory and the
+model's widths, and the real token counts of the rows; never by probing at the maximum length.
+
+The estimate is of the transient memory one token costs in one decoder layer (activations of the
+attention and MLP blocks, in the model's dtype, plus the float32 accumulators of the cascade
+attention) and of the K/V a pass records for the prefixes it computes (every layer, kept to the end of
+the pass). The out-of-memory halving in scoring.py stays as the safety net under this estimate.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..errors import EvalError
+
+GiB = 1 << 30
+CPU_PASS_BYTES = 256 << 20  # activations of one CPU pass: a few layers' worth stays in the caches
+CPU_HEAD_BYTES = 96 << 20  # logits of one LM-head chunk on CPU (Gemma-3's 262k vocabulary: ~32 positions)
+CUDA_HEAD_FRACTION = 0.05  # of free memory, for the logits of one LM-head chunk
+CUDA_PASS_FRACTION = 0.6  # of free memory, for one pass's activations and recorded K/V
+MAX_TOKENS = {"cpu": 4096, "cuda": 65536}  # beyond this a pass is no faster per token
+MAX_ROWS = {"cpu": 256, "cuda": 2048}
+
+
+class Plan:
+    """Pass sizes for one model on one device. Widths are read from the model's config."""
+
+    def __init__(self, model, device: str):
+        config = model.config
+        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        self.kind = "cuda" if str(device).startswith("cuda") else "cpu"
+        self.hidden = config.hidden_size
+        heads = config.num_attention_heads
+        self.head_dim = getattr(config, "head_dim", None) or self.hidden // heads
+        self.q_width = heads * self.head_dim
+        self.kv_width = (getattr(config, "num_key_value_heads", None) or heads) * self.head_dim
+        self.intermediate = getattr(config, "intermediate_size", None) or 4 * self.hidden
+        self.layers = config.num_hidden_layers
+        self.vocab = config.vocab_size
+        try:
+            self.dtype_bytes = next(model.parameters()).element_size()
+        except StopIteration:
+            self.dtype_bytes = 4
+
+    # -- per-token costs
+
+    def token_bytes(self, record: bool = True) -> int:
+        """Bytes one token of a pass holds at the peak of a layer (+ its recorded K/V over all layers)."""
+        b = self.dtype_bytes
+        activations = b * (8 * self.hidden + 4 * self.intermediate + 4 * self.q_width) + 8 * self.q_width
+        recorded = self.layers * 2 * self.kv_width * b if record else 0
+        return activations + recorded
+
+    def free_bytes(self) -> int:
+        if self.kind == "cuda":
+            free, _ = torch.cuda.mem_get_info()
+            # memory the caching allocator holds but does not use is free for our tensors too
+            return free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+        return CPU_PASS_BYTES / CUDA_PASS_FRACTION
+
+    def token_budget(self) -> int:
+        """Tokens (rows x padded width) one pass may hold."""
+        tokens = int(self.free_bytes() * CUDA_PASS_FRACTION) // self.token_bytes()
+        return max(1, min(tokens, MAX_TOKENS[self.kind]))
+
+    def head_chunk(self) -> int:
+        """Positions whose logits (float32, plus the log-softmax and a temporary) may exist at once."""
+        budget = CPU_HEAD_BYTES if self.kind == "cpu" else int(torch.cuda.mem_get_info()[0] * CUDA_HEAD_FRACTION)
+        return max(1, budget // (12 * self.vocab))
+
+    # -- checks and batches
+
+    def check_rows(self, rows: Sequence, requests: Sequence) -> None:
+        """One clear line for a request whose single row cannot fit the device, before any work."""
+        if self.kind != "cuda" or not rows:
+            return
+        longest = max(rows, key=lambda r: len(r.ids))
+        need = len(longest.ids) * self.token_bytes() + 12 * self.vocab
+        free = self.free_bytes()
+        if need > free:
+            key = requests[longest.reads[0][0]].key
+            raise EvalError(f"request {key}: its {len(longest.ids)} tokens need about {need / GiB:.1f} GiB for one forward pass; "
+                            f"the device has {free / GiB:.1f} GiB free (use a GPU with more memory, fewer layers per GPU or --dtype bfloat16)")
+
+    def batches(self, members: Sequence, batch_size: str | int = "auto") -> list[list]:
+        """Consecutive runs of `members` (objects with `.width`, the tokens they add) for one pass each:
+        a fixed number of rows when `batch_size` is an int, else as many as the token budget holds
+        (rows x widest row, since rows are right-padded). The order is kept: it groups rows by prefix."""
+        if isinstance(batch_size, int):
+            return [list(members[k : k + batch_size]) for k in range(0, len(members), batch_size)]
+        budget, rows_cap = self.token_budget(), MAX_ROWS[self.kind]
+        batches, current, widest = [], [], 0
+        for member in members:
+            wide = max(widest, member.width)
+            if current and ((len(current) + 1) * wide > budget or len(current) >= rows_cap):
+                batches.append(current)
+                current, wide = [], member.width
+            current.append(member)
+            widest = wide
+        if current:
+            batches.append(current)
+        return batches
