@@ -244,6 +244,29 @@ def table(results, device) -> str:
     return "\n".join(lines)
 
 
+def profile(name: str, args, model: HFModel) -> None:
+    """Where our scoring time goes: phases timed by hand (tokenise+rows, the whole call), then one
+    call under torch.profiler, top ops by self CPU and by device time."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    questions = scoring_requests(items_for(name, args, model))
+    flat = [r for q in questions for r in q]
+    model.loglikelihood(flat)  # warm-up
+    sync(args.device)
+    t = time.perf_counter()
+    model.scorer._rows(flat)
+    rows_s = time.perf_counter() - t
+    _, whole_s = timed(lambda: model.loglikelihood(flat), args.device, 1)
+    print(f"{name}: whole call {whole_s:.3f} s, of which tokenise + rows {rows_s:.3f} s; scorer stats {getattr(model.scorer, 'stats', None)}", flush=True)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+    with torch_profile(activities=activities) as prof:
+        model.loglikelihood(flat)
+        sync(args.device)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=60), flush=True)
+    if args.device.startswith("cuda"):
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12, max_name_column_width=60), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", default=".devdata/data")
@@ -264,6 +287,7 @@ def main() -> None:
     ap.add_argument("--model", help="a real model (GGUF file, folder, alias) instead of random weights; float32 on CPU")
     ap.add_argument("--tools", default="both", choices=["both", "ours", "lm-eval"],
                     help="one tool alone (CPU memory: measure each in its own process); no speed-up then")
+    ap.add_argument("--profile", default=None, help="instead of the comparison: profile our scoring of these workloads once (torch.profiler), print the top ops")
     ap.add_argument("--json", default=os.path.join(os.environ["OUT"], "vs_lmeval.json") if os.environ.get("OUT") else None)
     args = ap.parse_args()
 
@@ -286,6 +310,10 @@ def main() -> None:
           f"{args.kv_heads} KV, ffn {args.ffn}, vocab {model.model.config.vocab_size}, {args.device}", flush=True)
     lm = None if args.tools == "ours" else HFLM(pretrained=model.model, tokenizer=tokenizer, batch_size=args.lm_eval_batch, device=args.device)
     flops_per_token = 2 * matmul_params(model.model.config.get_text_config())
+    if args.profile:
+        for name in args.profile.split(","):
+            profile(name, args, model)
+        return
     results = []
     if args.tools != "both":
         for name in args.workloads.split(","):

@@ -136,8 +136,15 @@ class Scorer:
 
     def _rows(self, requests: Sequence[LoglikelihoodRequest]) -> list[Row]:
         rows: dict[tuple[int, ...], Row] = {}
+        # every distinct context and context+continuation encoded once, in batches (tokenising one
+        # request at a time costs more than the GPU's work on a fast model)
+        pairs = [(req.context, req.continuation) for req in requests]
+        encoded: list = []
+        for start in range(0, len(pairs), 4096):
+            chunk = requests[start : start + 4096]
+            encoded += self.tokens.encode_pairs(pairs[start : start + 4096], [req.key for req in chunk])
         for i, req in enumerate(requests):
-            context_ids, cont_ids = self.tokens.encode_pair(req.context, req.continuation)
+            context_ids, cont_ids = encoded[i]
             if not cont_ids:
                 raise EvalError(f"request {req.key}: the continuation {req.continuation!r} adds no token")
             whole = context_ids + cont_ids
@@ -255,6 +262,13 @@ class Scorer:
         """Run `members` (nodes whose ancestors' K/V is ready) in batches, each followed by its inner
         nodes' children, depth first, so K/V is held only along the current path."""
         members = [m for m in members if m.width > 0 or m.children]
+        if not isinstance(self.batch_size, int):
+            # longest first within each parent's run (members under one ancestor stay contiguous), so
+            # the planner's padding cuts make passes of similar widths
+            runs: dict[int, list[Node]] = {}
+            for m in members:
+                runs.setdefault(id(m.parent), []).append(m)
+            members = [m for run in runs.values() for m in sorted(run, key=lambda n: -n.width)]
         for batch in self.plan.batches(members, self.batch_size):
             self._score_resilient(batch, self._requests)
 

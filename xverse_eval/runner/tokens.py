@@ -52,10 +52,27 @@ class Tokens:
         """Token ids of a whole prompt: `prefix` (BOS where the model expects one) + the text's own
         tokens; no trailing EOS/SEP, and no second BOS when the text already starts with one (a chat
         template that renders it)."""
-        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        return self._with_prefix(text, self.tokenizer(text, add_special_tokens=False).input_ids)
+
+    def _with_prefix(self, text: str, ids: list[int]) -> list[int]:
         if not self.prefix or ids[: len(self.prefix)] == self.prefix or (self.prefix_text and text.startswith(self.prefix_text)):
             return ids
         return self.prefix + ids
+
+    def encode_many(self, texts: list[str]) -> dict[str, list[int]]:
+        """`encode` of every distinct text, in one batched tokenizer call: a fast tokenizer encodes a
+        batch in parallel threads, and a text that many requests share (a question's context, read by
+        each of its choices) is encoded once. Returns text -> ids."""
+        distinct = list(dict.fromkeys(texts))
+        encoded = self.tokenizer(distinct, add_special_tokens=False).input_ids if distinct else []
+        return {text: self._with_prefix(text, ids) for text, ids in zip(distinct, encoded)}
+
+    def encode_pairs(self, pairs: list[tuple[str, str]], keys: list[str] | None = None) -> list[tuple[list[int], list[int]]]:
+        """`encode_pair` of many (context, continuation) pairs, each distinct string encoded once, in
+        batches; the same split and checks as `encode_pair`."""
+        ids = self.encode_many([c for c, _ in pairs] + [c + x for c, x in pairs])
+        keys = keys or [None] * len(pairs)
+        return [self._split(ids[c + x], ids[c], x, key) for (c, x), key in zip(pairs, keys)]
 
     def count(self, text: str) -> int:
         return len(self.encode(text))
@@ -68,8 +85,9 @@ class Tokens:
         encoded on its own. Raises EvalError (naming request `key`) when the continuation's tokens
         hold a special token: its log-probability would be scored as if it were text.
         """
-        whole = self.encode(context + continuation)
-        context_ids = self.encode(context)
+        return self._split(self.encode(context + continuation), self.encode(context), continuation, key)
+
+    def _split(self, whole: list[int], context_ids: list[int], continuation: str, key: str | None) -> tuple[list[int], list[int]]:
         n = len(context_ids)
         if whole[:n] != context_ids:
             # The boundary merged into one token: keep lm-eval's rule (the context keeps as many tokens
