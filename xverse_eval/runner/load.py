@@ -93,10 +93,9 @@ def _xverse_as_llama(source: Source, subfolder: str | None = None):
     config = json.loads(Path(source.path, subfolder or "", "config.json").read_text())
     if config.get("model_type") != "xverse":
         return None
-    from transformers import LlamaConfig
+    from .xverse import xverse_llama_config  # one mapping for checkpoints and the random architecture
 
-    keep = {k: v for k, v in config.items() if k not in ("model_type", "architectures", "auto_map", "quantization_bit", "initializer_weight")}
-    return LlamaConfig(**keep, architectures=["LlamaForCausalLM"])
+    return xverse_llama_config(config)
 
 
 # from_pretrained arguments that the tokenizer takes too

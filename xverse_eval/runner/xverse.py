@@ -154,7 +154,7 @@ def _full_shape(name: str, local: tuple[int, ...], tp_size: int) -> tuple[int, .
 
 
 def load_random(spec: str, device: str | None = None, dtype: str = "auto", batch_size="auto", revision=None,
-                prefix_cache: bool = False, dist=None, **_ignored):
+                prefix_cache: bool = True, dist=None, **_ignored):
     """An HFModel for a `random:` spec (see the module docstring). Raises EvalError for a bad spec,
     a missing tokenizer, or weights that do not fit in memory (runner/memory.py)."""
     from transformers import AutoTokenizer
