@@ -306,8 +306,10 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
         model = random_model(args, tokenizer)
     model.report_progress = False
-    print(f"model built in {time.perf_counter() - t:.1f} s: {args.layers} layers, hidden {args.hidden}, {args.heads} heads / "
-          f"{args.kv_heads} KV, ffn {args.ffn}, vocab {model.model.config.vocab_size}, {args.device}", flush=True)
+    c = model.model.config.get_text_config()
+    print(f"model {'loaded' if args.model else 'built'} in {time.perf_counter() - t:.1f} s: {c.num_hidden_layers} layers, hidden {c.hidden_size}, "
+          f"{c.num_attention_heads} heads / {getattr(c, 'num_key_value_heads', None) or c.num_attention_heads} KV, ffn {c.intermediate_size}, "
+          f"vocab {c.vocab_size}, {args.device}", flush=True)
     lm = None if args.tools == "ours" else HFLM(pretrained=model.model, tokenizer=tokenizer, batch_size=args.lm_eval_batch, device=args.device)
     flops_per_token = 2 * matmul_params(model.model.config.get_text_config())
     if args.profile:
