@@ -10,26 +10,28 @@ import sys
 from .errors import EvalError
 
 
+def _number(convert, ok, what: str):
+    """An argparse type: `convert(text)` that `ok` accepts, else one line "must be WHAT, got TEXT"."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+        return value
+    return parse
+
+
+_positive = _number(int, lambda v: v > 0, "a positive integer")
+_points = _number(float, lambda v: v >= 0, "a number of points >= 0")
+_seconds = _number(float, lambda v: 0 < v < float("inf"), "a number of seconds > 0")
+_alpha = _number(float, lambda v: 0 < v < 1, "a number between 0 and 1")
+_positive_or_auto = _number(int, lambda v: v > 0, "a positive integer or 'auto'")
+
+
 def _batch_size(text: str):
-    if text == "auto":
-        return "auto"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}")
-    return value
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+    return "auto" if text == "auto" else _positive_or_auto(text)
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -81,36 +83,6 @@ def _chat_options(args):
     from .chat import ChatOptions
 
     return ChatOptions(args.apply_chat_template, args.system_instruction, args.fewshot_as_multiturn)
-
-
-def _points(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of points >= 0, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of points >= 0, got {text!r}")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
-    return value
-
-
-def _alpha(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}") from None
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, got {text!r}")
-    return value
 
 
 class Parser(argparse.ArgumentParser):
