@@ -39,6 +39,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from xverse_eval.evaluate import TaskSpec, build, make_task  # noqa: E402
+from xverse_eval.runner import work  # noqa: E402
+from xverse_eval.runner.attention import kernels  # noqa: E402
 from xverse_eval.runner.hf import HFModel  # noqa: E402
 from xverse_eval.types import GenerateRequest, LoglikelihoodRequest  # noqa: E402
 
@@ -71,11 +73,9 @@ def random_model(args, tokenizer) -> HFModel:
 
 def matmul_params(config) -> int:
     """Weights of the decoder layers' matmuls (attention projections and MLP), all layers."""
-    h, heads = config.hidden_size, config.num_attention_heads
-    d = getattr(config, "head_dim", None) or h // heads
-    kv = config.num_key_value_heads * d
-    per_layer = h * heads * d * 2 + h * kv * 2 + 3 * h * config.intermediate_size
-    return per_layer * config.num_hidden_layers
+    from xverse_eval.runner.shape import Shape
+
+    return Shape.of(config).sharded_params()  # the layers' projections: what tensor parallel splits
 
 
 # ----------------------------------------------------------------------------- workloads
@@ -138,7 +138,10 @@ def lm_eval_scores(lm, questions) -> list[list[float]]:
 
 
 def our_scores(model: HFModel, questions) -> list[list[float]]:
+    """Our log-probs per question; the id cache is emptied first, so each timed call pays its whole
+    tokenisation as lm-eval's does (in a run, building requests has already counted the contexts)."""
     flat = [r for q in questions for r in q]
+    model.tokens.forget()
     return regroup(questions, [r.logprob for r in model.loglikelihood(flat)])
 
 
@@ -168,15 +171,16 @@ def argmax(values: list[float]) -> int:
 
 def run_scoring(name, args, model, lm, flops_per_token):
     questions = scoring_requests(items_for(name, args, model))
-    rows = model.scorer._rows([r for q in questions for r in q])
-    whole_tokens = sum(len(r.ids) for r in rows)
+    planned = work([r for q in questions for r in q], model.tokens)
+    whole_tokens = planned.distinct_tokens
     warm = questions[: max(1, len(questions) // 8)]
     lm_eval_scores(lm, warm)
     our_scores(model, warm)
     theirs, t_theirs = timed(lambda: lm_eval_scores(lm, questions), args.device, args.reps)
     model.prefix_cache = True
+    before = model.counters()
     ours, t_ours = timed(lambda: our_scores(model, questions), args.device, args.reps)
-    computed = model.scorer.stats["tokens"]
+    computed = (model.counters().computed_tokens - before.computed_tokens) // args.reps
     model.prefix_cache = False
     plain, t_plain = timed(lambda: our_scores(model, questions), args.device, 1)
     model.prefix_cache = True
@@ -184,8 +188,8 @@ def run_scoring(name, args, model, lm, flops_per_token):
     agree_plain = sum(argmax(a) == argmax(b) for a, b in zip(ours, plain))
     worst = max(abs(x - y) for a, b in zip(ours, plain) for x, y in zip(a, b))
     return {
-        "workload": name, "questions": len(questions), "requests": sum(map(len, questions)), "rows": len(rows),
-        "tokens": whole_tokens, "computed_tokens": computed,
+        "workload": name, "questions": len(questions), "requests": sum(map(len, questions)),
+        "tokens": whole_tokens, "computed_tokens": computed, "planned_computed_tokens": planned.computed_tokens,
         "lm_eval_s": t_theirs, "ours_s": t_ours, "ours_plain_s": t_plain,
         "lm_eval_tok_s": whole_tokens / t_theirs, "ours_tok_s": whole_tokens / t_ours,
         "lm_eval_mfu": flops_per_token * whole_tokens / t_theirs / PEAK_FLOPS,
@@ -254,10 +258,12 @@ def profile(name: str, args, model: HFModel) -> None:
     model.loglikelihood(flat)  # warm-up
     sync(args.device)
     t = time.perf_counter()
-    model.scorer._rows(flat)
+    model.tokens.forget()
+    planned = work(flat, model.tokens)
     rows_s = time.perf_counter() - t
+    model.tokens.forget()
     _, whole_s = timed(lambda: model.loglikelihood(flat), args.device, 1)
-    print(f"{name}: whole call {whole_s:.3f} s, of which tokenise + rows {rows_s:.3f} s; scorer stats {getattr(model.scorer, 'stats', None)}", flush=True)
+    print(f"{name}: whole call {whole_s:.3f} s, of which tokenise + rows + tree {rows_s:.3f} s; {planned}; varlen kernels {kernels()}", flush=True)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
     with torch_profile(activities=activities) as prof:
         model.loglikelihood(flat)
@@ -331,9 +337,10 @@ def main() -> None:
         print(f"{name}: done in {time.perf_counter() - t:.0f} s: {json.dumps(results[-1])}", flush=True)
     print()
     print(table(results, args.device))
+    print(f"varlen attention kernels: {kernels()}")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-                                               "torch": torch.__version__, "results": results}, indent=1))
+                                               "torch": torch.__version__, "kernels": kernels(), "results": results}, indent=1))
         print(f"wrote {args.json}")
 
 

@@ -18,21 +18,24 @@ with tiktoken cl100k, we count with the model's tokenizer (special tokens includ
 Score: next-token log-prob of the letter token, argmax over A-D (A-E for lsat-* and aqua-rat). The 7
 gaokao-mathqa items with multi-letter labels ("AD", ...) cannot be matched by one letter and count as
 wrong, as in the official exact-match scorer; they stay in the counts.
-Data: default the v1 files (the pre-release state protocols.md recommends; v1 gaokao-biology 210,
-gaokao-chemistry 207); variant `v1_1` the 2024 files (230 and 204).
+Data: default the v1 files (the state before the 2024 v1_1 revision, closest to what XVERSE ran in
+2023; v1 gaokao-biology 210, gaokao-chemistry 207); variant `v1_1` the 2024 files (230 and 204).
+Own shots: the official demos include test items (found by content: passage, question, options); the
+reference keeps them in those items' prompts, so do we, and the result's notes list the items.
+Protocol page: docs/benchmarks/agieval.md.
 Average: official = unweighted mean over subsets (`acc`); also micro over items and the EN/ZH means.
 """
 from __future__ import annotations
 
 import ast
 import io
-from typing import Any, Sequence
+from typing import Any
 
-from xverse_eval import metrics, prompts
+from xverse_eval import metrics
 from xverse_eval.errors import EvalError
 from xverse_eval.registry import register_task
-from xverse_eval.task import Fits, MultipleChoiceTask, Prepared, always_fits
-from xverse_eval.types import LoglikelihoodRequest, Record, Response, Sample
+from xverse_eval.task import Fits, MultipleChoiceTask, Shots, Variant, always_fits, safe_mean
+from xverse_eval.types import Record, Response, Sample
 
 ENGLISH = ("lsat-ar", "lsat-lr", "lsat-rc", "logiqa-en", "sat-math", "sat-en", "sat-en-without-passage", "aqua-rat", "gaokao-english")
 CHINESE = ("logiqa-zh", "gaokao-chinese", "gaokao-geography", "gaokao-history", "gaokao-biology", "gaokao-chemistry", "gaokao-mathqa")
@@ -42,6 +45,7 @@ MAX_DEMO_TOKENS = 2048
 
 @register_task
 class AGIEval(MultipleChoiceTask):
+    """AGIEval's single-answer subsets with the official few-shot prompt (module docstring)."""
     name = "agieval"
     version = "1"
     shots = 5
@@ -50,24 +54,27 @@ class AGIEval(MultipleChoiceTask):
     data_folder = "agieval"
     expected_count = COUNTS["v1"]
     max_prompt_tokens = MAX_DEMO_TOKENS
+    average = "macro"
     variants = {
-        "default": "official few-shot prompt and demos (3-5 per subset), v1 data files (pre-release state)",
-        "v1_1": "as default on the v1_1 data files (2024)",
+        "default": Variant("official few-shot prompt and demos (3-5 per subset), v1 data files (pre-release state)", fields={"data": "v1"}),
+        "v1_1": Variant("as default on the v1_1 data files (2024)", expected_count=COUNTS["v1_1"], fields={"data": "v1_1"}),
     }
     source = "ruixiangcui/AGIEval src/dataset_loader.py (few-shot, no CoT), data/few_shot_prompts.csv; macro over subsets"
     hub = None
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.data_version = "v1_1" if self.variant == "v1_1" else "v1"
-        self.expected_count = COUNTS[self.data_version]
+    @property
+    def data_version(self) -> str:
+        """The data folder of the variant: v1 or v1_1."""
+        return self.setting("data")
 
     @classmethod
     def all_subsets(cls) -> list[str]:
+        """The 16 subsets: English first, then Chinese, as the official lists."""
         return list(ENGLISH + CHINESE)
 
     @staticmethod
     def language(subset: str) -> str:
+        """"en" for the English subsets, "zh" for the Chinese ones."""
         return "en" if subset in ENGLISH else "zh"
 
     # ------------------------------------------------------------------ load
@@ -95,6 +102,7 @@ class AGIEval(MultipleChoiceTask):
                             "language": self.language(subset)})
 
     def load_split(self, subset: str, split: str) -> list[Sample]:
+        """A subset's items from data/<version>/<subset>.jsonl (no hub copy)."""
         if not self.data.local:
             raise EvalError(f"{self.name}: no hub copy; pass --data-dir with AGIEval's data/{self.data_version}/*.jsonl")
         path = self.data.path(self.data_version, f"{subset}.jsonl")
@@ -105,6 +113,8 @@ class AGIEval(MultipleChoiceTask):
         return samples
 
     def fewshot(self, sample: Sample) -> list[Sample]:
+        """The subset's demos from few_shot_prompts.csv (all of them, up to `shots`), in file order;
+        a demo that is also this test item stays, as the reference keeps it (see shot_is_item)."""
         demos = self.__dict__.setdefault("_demos", {})
         if sample.subset not in demos:
             import pandas as pd
@@ -127,58 +137,60 @@ class AGIEval(MultipleChoiceTask):
 
     # ------------------------------------------------------------------ build
 
-    def render(self, sample: Sample, shots: Sequence[Sample], choice: int | None = None, demos_only: bool = False) -> str:
-        return prompts.render(self.name, doc=sample, shots=list(shots), choice=choice, variant=self.variant, task=self,
-                              demos_only=demos_only, lang=self.language(sample.subset))
+    def render_vars(self, sample: Sample) -> dict[str, Any]:
+        """The prompt's language, and `demos_only` (True renders the demo block alone)."""
+        return {"lang": self.language(sample.subset), "demos_only": False}
 
-    def build(self, sample: Sample, fits: Fits = always_fits) -> Prepared:
-        demos, notes = self.fewshot(sample), []
+    def shot_is_item(self, sample: Sample, shot: Sample) -> bool:
+        """A demo is the item itself when question, passage and label agree (ids differ: the demos
+        come from another file, and their options may differ in LaTeX markup: gaokao-chemistry
+        test item 38 of v1, 178 of v1_1, is its first demo with "KI" written "$\\mathrm{KI}$")."""
+        return (shot.question, shot.meta["passage"], shot.meta["label"]) == (sample.question, sample.meta["passage"], sample.meta["label"])
+
+    def length_texts(self, sample: Sample) -> list[str]:
+        """The demo blocks with 1..n demos (per subset: counted once for all its items)."""
+        demos = self.fewshot(sample)
+        return [self.render(sample, demos[:k], demos_only=True) for k in range(1, len(demos) + 1)]
+
+    def choose_shots(self, sample: Sample, fits: Fits = always_fits) -> Shots:
+        """concat_prompt: demos are added while the demo block stays under the limit (tokens)."""
+        demos = self.fewshot(sample)
         count = getattr(fits, "count", None)
-        if count is not None:
-            # concat_prompt: add demos while the demo block stays under max_tokens
-            n, limit = 0, fits.limit
-            for k in range(1, len(demos) + 1):
-                if count(self.render(sample, demos[:k], demos_only=True)) < limit:
-                    n = k
-                else:
-                    break
-            if n < len(demos):
-                notes.append(f"{len(demos) - n} of {len(demos)} demos dropped: the demo block reached {limit} tokens")
-            demos = demos[:n]
-        context = self.render(sample, demos)
-        requests = []
-        for j in range(len(sample.choices)):
-            whole = self.render(sample, demos, choice=j)
-            if not whole.startswith(context):
-                raise EvalError(f"prompts/{self.name}.jinja: the string for choice {j} does not start with the shared context")
-            requests.append(LoglikelihoodRequest(self.key(sample, j), context, whole[len(context):]))
-        return Prepared(sample, context, requests, len(demos), notes)
+        if count is None:
+            return Shots(demos)
+        n, limit = 0, fits.limit  # type: ignore[attr-defined]
+        for k in range(1, len(demos) + 1):
+            if count(self.render(sample, demos[:k], demos_only=True)) < limit:
+                n = k
+            else:
+                break
+        notes = [f"{len(demos) - n} of {len(demos)} demos dropped: the demo block reached {limit} tokens"] if n < len(demos) else []
+        return Shots(demos[:n], notes)
 
-    def score(self, item: Prepared, responses: list[Response]) -> Record:
+    def score(self, item, responses: list[Response]) -> Record:
+        """As multiple choice, with the published label kept (multi-letter labels count as wrong)."""
         record = super().score(item, responses)
         record.extra["label"] = item.sample.meta["label"]
-        if item.notes:
-            record.extra["notes"] = list(item.notes)
         return record
 
     # ------------------------------------------------------------------ aggregate
 
     def aggregate(self, records: list[Record], limit: int | None = None):
-        per_subset = metrics.group_by((r.subset, float(r.correct)) for r in records)
+        """acc = the unweighted mean over subsets (official AGIEval); also micro over items and the
+        English / Chinese means of their subsets."""
+        per_subset = self.by_subset(records)
         groups: dict[str, dict[str, Any]] = {}
-        for subset in self.all_subsets():
-            if subset in per_subset:
-                shots = sorted({r.extra.get("shots") for r in records if r.subset == subset})
-                groups[subset] = {"acc": metrics.mean(per_subset[subset]), "n": len(per_subset[subset]),
-                                  "language": self.language(subset), "shots": shots}
+        for subset, values in per_subset.items():
+            shots = sorted({r.extra.get("shots") for r in records if r.subset == subset})
+            groups[subset] = {"acc": metrics.mean(values), "n": len(values), "language": self.language(subset), "shots": shots}
         nan = float("nan")
         values = [float(r.correct) for r in records]
-        by_lang = {lang: [g["acc"] for g in groups.values() if g["language"] == lang] for lang in ("en", "zh")}
-        result = {"acc": metrics.mean([g["acc"] for g in groups.values()]) if groups else nan,
-                  "acc_micro": metrics.mean(values) if values else nan,
+        by_lang = {lang: {s: v for s, v in per_subset.items() if self.language(s) == lang} for lang in ("en", "zh")}
+        result = {"acc": self.headline(records),
+                  "acc_micro": safe_mean(values),
                   "acc_stderr": metrics.stderr(values) if values else nan,
-                  "acc_en": metrics.mean(by_lang["en"]) if by_lang["en"] else nan,
-                  "acc_zh": metrics.mean(by_lang["zh"]) if by_lang["zh"] else nan}
+                  "acc_en": metrics.macro(by_lang["en"]) if by_lang["en"] else nan,
+                  "acc_zh": metrics.macro(by_lang["zh"]) if by_lang["zh"] else nan}
         multi = sum(1 for r in records if r.target == -1)
         notes = [f"acc = unweighted mean over {len(groups)} subsets (official AGIEval average); acc_micro = over items",
                  f"data: {self.data_version} files; demos from few_shot_prompts.csv: "

@@ -14,13 +14,14 @@ Split: test labels were hidden until 2025 and the local files have none, so `def
 The official code has no length rule; as MMLU (hendrycks) the prompt loses its last shot while it is
 longer than 2048 tokens (XVERSE-65B has a 16K context, so nothing would be dropped there).
 CSVs are read with pandas as the official eval.py does (CRLF kept inside quoted cells).
+Protocol page: docs/benchmarks/ceval.md.
 """
 from __future__ import annotations
 
 from xverse_eval import metrics
 from xverse_eval.errors import EvalError
 from xverse_eval.registry import register_task
-from xverse_eval.task import MultipleChoiceTask
+from xverse_eval.task import MultipleChoiceTask, Variant, safe_mean
 from xverse_eval.types import Sample
 
 # hkust-nlp/ceval subject_mapping.json: key -> (English name, Chinese name, category)
@@ -84,18 +85,9 @@ HARD = ("advanced_mathematics", "discrete_mathematics", "probability_and_statist
 COUNTS = {"val": 1346, "test": 12342}
 
 
-def macro(records, key) -> dict[str, list[float]]:
-    """Per-subject accuracies grouped by key(subject)."""
-    per_subject = metrics.group_by((r.subset, float(r.correct)) for r in records)
-    out: dict[str, list[float]] = {}
-    for subject, values in per_subject.items():
-        for group in key(subject):
-            out.setdefault(group, []).append(metrics.mean(values))
-    return out
-
-
 @register_task
 class CEval(MultipleChoiceTask):
+    """C-Eval answer-only, 5-shot letter scoring, macro over subjects (module docstring)."""
     name = "ceval"
     version = "1"
     shots = 5
@@ -105,28 +97,28 @@ class CEval(MultipleChoiceTask):
     expected_count = COUNTS["val"]
     max_prompt_tokens = 2048
     metric = "acc"
+    average = "macro"
     variants = {
-        "default": "official answer-only prompt, Chinese subject name, val split (test labels not in the published files)",
-        "test": "as default on the test split (12,342); needs labelled test files, e.g. the hub's ceval/ceval-exam",
-        "subject_key": "as default with the snake_case subject key in the header, as the official scripts pass it",
+        "default": Variant("official answer-only prompt, Chinese subject name, val split (test labels not in the published files)"),
+        "test": Variant("as default on the test split (12,342); needs labelled test files, e.g. the hub's ceval/ceval-exam",
+                        split="test", expected_count=COUNTS["test"]),
+        "subject_key": Variant("as default with the snake_case subject key in the header, as the official scripts pass it",
+                               fields={"subject": "key"}),
     }
     source = "hkust-nlp/ceval cba65ae code/evaluator_series/evaluators/llama.py (answer-only); macro over subjects"
     hub = ("ceval/ceval-exam", "main")  # no revision could be pinned offline: main
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.variant == "test":
-            self.split = "test"
-            self.expected_count = COUNTS["test"]
-
     @classmethod
     def all_subsets(cls) -> list[str]:
+        """The 52 subjects, sorted."""
         return sorted(SUBJECTS)
 
     def subject_name(self, subset: str) -> str:
-        return subset if self.variant == "subject_key" else SUBJECTS[subset][1]
+        """The {subject} of the header: the Chinese name, or the snake_case key (variant subject_key)."""
+        return subset if self.setting("subject") == "key" else SUBJECTS[subset][1]
 
     def load_split(self, subset: str, split: str) -> list[Sample]:
+        """A subject's split from <split>/<subject>_<split>.csv (pandas, as eval.py) or the hub."""
         if self.data.local:
             path = self.data.path(split, f"{subset}_{split}.csv")
             # dev: id,question,A-D,answer,explanation; val: ...,answer; test as published: no answer column
@@ -171,21 +163,20 @@ class CEval(MultipleChoiceTask):
             return "answer" in fh.readline().decode("utf-8", "replace").strip().split(",")
 
     def aggregate(self, records, limit=None):
-        groups = {}
-        for subject, values in sorted(metrics.group_by((r.subset, float(r.correct)) for r in records).items()):
-            groups[subject] = {"acc": metrics.mean(values), "n": len(values), "category": SUBJECTS[subject][2]}
-        by_category = macro(records, lambda s: [SUBJECTS[s][2]] + (["hard"] if s in HARD else []))
+        """acc = the unweighted mean over subjects (official C-Eval); categories and "hard" the mean
+        of their subjects; acc_micro over items."""
+        per_subject = self.by_subset(records)
+        groups = {s: {"acc": metrics.mean(v), "n": len(v), "category": SUBJECTS[s][2]} for s, v in sorted(per_subject.items())}
         for name in (*CATEGORIES, "hard"):
-            if name in by_category:
-                groups[name] = {"acc": metrics.mean(by_category[name]), "subjects": len(by_category[name]), "kind": "category"}
-        subject_accs = [g["acc"] for s, g in groups.items() if s in SUBJECTS]
+            members = {s: v for s, v in per_subject.items() if (s in HARD if name == "hard" else SUBJECTS[s][2] == name)}
+            if members:
+                groups[name] = {"acc": metrics.macro(members), "subjects": len(members), "kind": "category"}
         values = [float(r.correct) for r in records]
-        result_metrics = {"acc": metrics.mean(subject_accs) if subject_accs else float("nan"),
-                          "acc_micro": metrics.mean(values) if values else float("nan"),
+        result_metrics = {"acc": self.headline(records), "acc_micro": safe_mean(values),
                           "acc_stderr": metrics.stderr(values) if values else float("nan")}
-        if "hard" in by_category:
+        if "hard" in groups:
             result_metrics["acc_hard"] = groups["hard"]["acc"]
-        notes = [f"acc = unweighted mean over {len(subject_accs)} subjects (official C-Eval average); acc_micro = over items",
+        notes = [f"acc = unweighted mean over {len(per_subject)} subjects (official C-Eval average); acc_micro = over items",
                  f"split: {self.split}" + (" (test labels are not in the published files; XVERSE's 68.6 is most likely a test-set score)" if self.split == "val" else ""),
-                 "header subject: " + ("snake_case key (official scripts)" if self.variant == "subject_key" else "Chinese name (subject_mapping.json)")]
+                 "header subject: " + ("snake_case key (official scripts)" if self.setting("subject") == "key" else "Chinese name (subject_mapping.json)")]
         return self.result(result_metrics, groups, records, limit, notes=notes)

@@ -13,21 +13,22 @@ Average: unweighted mean over the 67 subjects; each category the mean of its sub
 
 opencompass (configs/datasets/cmmlu/cmmlu_ppl_8b9c76.py at 6e315201): every shot and the item repeat
 the header, "题目：...\\nA. ...\\nD. ...", BOT "答案是: {X}" (ASCII colon, space), all turns joined by
-"\\n" (base model, no meta template; shots joined the same way, protocols.md 0.1); shots = dev ids
+"\\n" (base model, no meta template; the shots joined the same way); shots = dev ids
 0-4; score = mean log-prob over the whole sequence (PPL), lowest loss wins; the last shot is dropped
 while the prompt is over 2048 tokens. Cells are read with the csv module, as OpenCompass's CMMLUDataset.
+Protocol page: docs/benchmarks/cmmlu.md.
 """
 from __future__ import annotations
 
 import csv
 import io
-from typing import Any, Sequence
+from typing import Any
 
-from xverse_eval import metrics, prompts
+from xverse_eval import metrics
 from xverse_eval.errors import EvalError
 from xverse_eval.registry import register_task
-from xverse_eval.task import Fits, MultipleChoiceTask, Prepared, always_fits
-from xverse_eval.types import LoglikelihoodRequest, Record, Response, Sample
+from xverse_eval.task import Fits, MultipleChoiceTask, Shots, Variant, always_fits, safe_mean
+from xverse_eval.types import Record, Sample
 
 # haonan-li/CMMLU src/categories.py: name_en2zh and subcategories
 NAME_ZH = {
@@ -93,6 +94,7 @@ def categories_of(subject: str) -> list[str]:
 
 @register_task
 class CMMLU(MultipleChoiceTask):
+    """CMMLU, official prompt and length rule; OpenCompass's as a variant (module docstring)."""
     name = "cmmlu"
     version = "1"
     shots = 5
@@ -101,25 +103,25 @@ class CMMLU(MultipleChoiceTask):
     data_folder = "cmmlu"
     expected_count = 11582
     max_prompt_tokens = 2048
+    average = "macro"
     variants = {
-        "default": "official haonan-li/CMMLU prompt (题目：, 答案是：), next-token letter logits, longest shots dropped over 2048 tokens",
-        "opencompass": "OpenCompass cmmlu_ppl_8b9c76 (2023-11): header per shot, '答案是: X', whole-sequence PPL",
+        "default": Variant("official haonan-li/CMMLU prompt (题目：, 答案是：), next-token letter logits, longest shots dropped over 2048 tokens"),
+        # header per shot and the csv module's cells; the last shot dropped over the limit (hendrycks rule)
+        "opencompass": Variant("OpenCompass cmmlu_ppl_8b9c76 (2023-11): header per shot, '答案是: X', whole-sequence PPL",
+                               formulation="whole_sequence_ppl", fields={"opencompass": True}),
     }
     source = "haonan-li/CMMLU d6e7b71 src/mp_utils.py + src/hf_causal_model.py; variant opencompass 6e315201 cmmlu_ppl_8b9c76"
     hub = ("haonan-li/cmmlu", "main")  # no revision could be pinned offline: main
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.variant == "opencompass":
-            self.formulation = "whole_sequence_ppl"
-
     @classmethod
     def all_subsets(cls) -> list[str]:
+        """The 67 subjects, sorted."""
         return sorted(NAME_ZH)
 
     # ------------------------------------------------------------------ load
 
     def load_split(self, subset: str, split: str) -> list[Sample]:
+        """A subject's split from data/<split>/<subject>.csv (pandas; variant opencompass: the csv module) or the hub."""
         if not self.data.local:
             rows = self.data.load_hub(self.hub[0], subset, split, self.hub[1])
             table = [[r["Question"], r["A"], r["B"], r["C"], r["D"], r["Answer"]] for r in rows]
@@ -127,7 +129,7 @@ class CMMLU(MultipleChoiceTask):
         else:
             path = self.data.path("data", split, f"{subset}.csv")
             where = str(path)
-            if self.variant == "opencompass":
+            if self.setting("opencompass"):
                 # CMMLUDataset: csv.reader, header skipped, 7 fields per row, cells as written
                 # (open() in text mode: universal newlines, so \r\n and \r read as \n)
                 reader = csv.reader(io.StringIO(self.data.read_text(path).replace("\r\n", "\n").replace("\r", "\n")))
@@ -151,63 +153,63 @@ class CMMLU(MultipleChoiceTask):
 
     # ------------------------------------------------------------------ build
 
-    def render(self, sample: Sample, shots: Sequence[Sample], choice: int | None = None, header: bool = True) -> str:
-        return prompts.render(self.name, doc=sample, shots=list(shots), choice=choice, variant=self.variant, task=self,
-                              header=header, subject_zh=NAME_ZH[sample.subset])
+    def render_vars(self, sample: Sample) -> dict[str, Any]:
+        """The subject's Chinese name, and `header` (the official prompt drops it when the item alone is too long)."""
+        return {"subject_zh": NAME_ZH[sample.subset], "header": True}
 
-    def build(self, sample: Sample, fits: Fits = always_fits) -> Prepared:
-        count = getattr(fits, "count", None)
-        if self.variant == "opencompass" or count is None:
-            return super().build(sample, fits)
-        shots, header, notes = self.fewshot(sample), True, []
+    def _pieces(self, sample: Sample, shots: list[Sample]) -> tuple[str, str, list[str]]:
+        """(header, item, one text per shot): the pieces gen_prompt counts, each on its own."""
         end = self.render(sample, [], header=False)  # prompt_end: the item alone
-        head = self.render(sample, [])[: -len(end)]  # the header alone
-        limit = fits.limit
+        head = self.render(sample, [])[: -len(end)]
+        return head, end, [self.render(sample, [s], header=False)[: -len(end)] for s in shots]
+
+    def length_texts(self, sample: Sample) -> list[str]:
+        """Header, item and each shot's piece: what the official rule counts (shots and header: once per subject)."""
+        if self.setting("opencompass"):
+            return super().length_texts(sample)
+        head, end, pieces = self._pieces(sample, self.fewshot(sample))
+        return [head, end, *pieces]
+
+    def choose_shots(self, sample: Sample, fits: Fits = always_fits) -> Shots:
+        """mp_utils.gen_prompt's rule, on token counts of each piece: the item alone (no header, no
+        shots) when header + item exceed the limit; else, while the shots' total is >= limit -
+        (header + item), every shot tied for the longest goes. Variant opencompass: the last shot
+        goes while the whole prompt is too long."""
+        count = getattr(fits, "count", None)
+        if self.setting("opencompass") or count is None:
+            return super().choose_shots(sample, fits)
+        shots = self.fewshot(sample)
+        head, end, texts = self._pieces(sample, shots)
+        limit = fits.limit  # type: ignore[attr-defined]
         start_end = count(head) + count(end)
         if start_end > limit:
-            shots, header = [], False
-            notes.append(f"header + item are {start_end} tokens > {limit}: the item alone (no header, no shots)")
-        else:
-            pieces = [(s, count(self.render(sample, [s], header=False)[: -len(end)])) for s in shots]
-            while pieces and sum(n for _, n in pieces) >= limit - start_end:
-                longest = max(n for _, n in pieces)
-                pieces = [(s, n) for s, n in pieces if n != longest]
-            shots = [s for s, _ in pieces]
-        context = self.render(sample, shots, header=header)
-        requests = []
-        for j in range(len(sample.choices)):
-            whole = self.render(sample, shots, choice=j, header=header)
-            if not whole.startswith(context):
-                raise EvalError(f"prompts/{self.name}.jinja: the string for choice {j} does not start with the shared context")
-            requests.append(LoglikelihoodRequest(self.key(sample, j), context, whole[len(context):]))
-        return Prepared(sample, context, requests, len(shots), notes)
-
-    def score(self, item: Prepared, responses: list[Response]) -> Record:
-        record = super().score(item, responses)
-        if item.notes:
-            record.extra["notes"] = list(item.notes)
-        return record
+            return Shots([], [f"header + item are {start_end} tokens > {limit}: the item alone (no header, no shots)"], {"header": False})
+        pieces = [(s, count(t)) for s, t in zip(shots, texts)]
+        while pieces and sum(n for _, n in pieces) >= limit - start_end:
+            longest = max(n for _, n in pieces)
+            pieces = [(s, n) for s, n in pieces if n != longest]
+        return Shots([s for s, _ in pieces])
 
     # ------------------------------------------------------------------ aggregate
 
     def aggregate(self, records: list[Record], limit: int | None = None):
-        per_subject = metrics.group_by((r.subset, float(r.correct)) for r in records)
+        """acc = the unweighted mean over subjects (mp_utils.get_results); each category the mean of
+        its subjects; acc_micro over items."""
+        per_subject = self.by_subset(records)
         groups: dict[str, dict[str, Any]] = {}
         for subject, values in sorted(per_subject.items()):
             groups[subject] = {"acc": metrics.mean(values), "n": len(values), "categories": categories_of(subject)}
         for name in CATEGORIES:
-            accs = [g["acc"] for s, g in groups.items() if s in NAME_ZH and name in g["categories"]]
-            if accs:
-                groups[name] = {"acc": metrics.mean(accs), "subjects": len(accs), "kind": "category"}
-        subject_accs = [g["acc"] for s, g in groups.items() if s in NAME_ZH]
+            members = {s: v for s, v in sorted(per_subject.items()) if name in categories_of(s)}
+            if members:
+                groups[name] = {"acc": metrics.macro(members), "subjects": len(members), "kind": "category"}
         values = [float(r.correct) for r in records]
-        result = {"acc": metrics.mean(subject_accs) if subject_accs else float("nan"),
-                  "acc_micro": metrics.mean(values) if values else float("nan"),
+        result = {"acc": self.headline(records), "acc_micro": safe_mean(values),
                   "acc_stderr": metrics.stderr(values) if values else float("nan")}
-        notes = [f"acc = unweighted mean over {len(subject_accs)} subjects (mp_utils.get_results); categories = mean of their subjects; acc_micro = over items"]
-        dropped = [r for r in records if r.extra.get("notes")]
+        notes = [f"acc = unweighted mean over {len(per_subject)} subjects (mp_utils.get_results); categories = mean of their subjects; acc_micro = over items"]
+        dropped = [r for r in records if any("the item alone" in n for n in r.extra.get("notes", ()))]
         if dropped:
             notes.append(f"{len(dropped)} items over the length limit were scored on the item alone (no header, no shots)")
-        notes.append("variant opencompass: whole-sequence PPL, header per shot, turns joined by \\n" if self.variant == "opencompass"
+        notes.append("variant opencompass: whole-sequence PPL, header per shot, turns joined by \\n" if self.setting("opencompass")
                      else f"max prompt length {self.max_prompt_tokens} tokens (reference default; XVERSE-65B has 16K)")
         return self.result(result, groups, records, limit, notes=notes)

@@ -8,28 +8,29 @@ rows of train_rand_split.jsonl (train ids 0-6, the FixKRetriever ids OpenCompass
 "Question: {question}\\nAnswer: " + "\\n" + "{gold option text}"; examples are separated by "\\n\\n\\n",
 the block ends with "\\n\\n\\n\\n\\n", then "Question: {q}\\nAnswer: \\n{candidate text}" for each of the
 five options (rendering checked by running OpenCompass 6e315201 with a fixed 7-shot retriever; see
-protocols.md section 8). Candidates are scored by whole-sequence PPL (mean token log-likelihood over
+docs/benchmarks/csqa.md). Candidates are scored by whole-sequence PPL (mean token log-likelihood over
 context + option, BOS in the denominator), highest mean wins.
 Variants: "e51e32" = OpenCompass commonsenseqa_ppl_e51e32 (same prompt, train ids 0-7, 8 shots);
 "c49e77" = commonsenseqa_ppl_c49e77 (options listed A-E, candidates are the letters, 8 shots).
 The 2023 default config (5545e2) picked 8 shots per question with MDLRetriever (all-mpnet-base-v2
 TopK + gpt2-xl MDL): not reproduced (needs two extra models and their exact 2023 behaviour).
 
-Split: validation (dev_rand_split.jsonl, 1,221); test labels are hidden.
+Split: validation (dev_rand_split.jsonl, 1,221); test labels are hidden. Average: accuracy, micro.
+Protocol page: docs/benchmarks/csqa.md.
 """
 from __future__ import annotations
 
 from xverse_eval.errors import EvalError
 from xverse_eval.registry import register_task
-from xverse_eval.task import MultipleChoiceTask
+from xverse_eval.task import MultipleChoiceTask, Variant
 from xverse_eval.types import Sample
 
 FILES = {"validation": "dev_rand_split.jsonl", "train": "train_rand_split.jsonl"}
-SHOTS = {"default": 7, "e51e32": 8, "c49e77": 8}
 
 
 @register_task
 class CommonSenseQA(MultipleChoiceTask):
+    """CommonSenseQA, fixed shots, OpenCompass prompt, whole-sequence PPL (module docstring)."""
     name = "csqa"
     version = "1"
     shots = 7
@@ -40,18 +41,16 @@ class CommonSenseQA(MultipleChoiceTask):
     formulation = "whole_sequence_ppl"
     metric = "acc"
     variants = {
-        "default": "7 fixed shots (train rows 0-6), OpenCompass commonsenseqa_ppl_5545e2 prompt, whole-sequence PPL over the option texts",
-        "e51e32": "OpenCompass commonsenseqa_ppl_e51e32 (2023-11-21): same prompt, 8 fixed shots (train rows 0-7)",
-        "c49e77": "OpenCompass commonsenseqa_ppl_c49e77: options listed A-E, whole-sequence PPL over the letters, 8 fixed shots",
+        "default": Variant("7 fixed shots (train rows 0-6), OpenCompass commonsenseqa_ppl_5545e2 prompt, whole-sequence PPL over the option texts"),
+        "e51e32": Variant("OpenCompass commonsenseqa_ppl_e51e32 (2023-11-21): same prompt, 8 fixed shots (train rows 0-7)", shots=8),
+        "c49e77": Variant("OpenCompass commonsenseqa_ppl_c49e77: options listed A-E, whole-sequence PPL over the letters, 8 fixed shots",
+                          shots=8, fields={"letters": True}),
     }
     source = "OpenCompass 6e315201 configs/datasets/commonsenseqa/commonsenseqa_ppl_5545e2.py with FixKRetriever train ids 0-6"
     hub = ("tau/commonsense_qa", "94630fe30dad47192a8546eb75f094926d47e155")
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.shots = SHOTS[self.variant]
-
     def load_split(self, subset: str, split: str) -> list[Sample]:
+        """validation (dev_rand_split.jsonl) or train (the shots), from the files or the hub."""
         if split not in FILES:
             raise EvalError(f"csqa: unknown split {split!r}")
         if self.data.local:

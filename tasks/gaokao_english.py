@@ -4,7 +4,7 @@ Data: AGIEval's `gaokao-english.jsonl` (306 reading-comprehension items, 4 optio
 published with a prompt-ready format. XVERSE-7B/13B's READMEs name ExpressAI/AI-Gaokao as the source;
 its papers are not published in a fetchable form here, so variant `ai_gaokao` reads that layout when a
 data dir holds it (`ai-gaokao/<paper>/processed_{listening,cloze_choice,reading_mc}.jsonl`).
-Prompt (undisclosed by XVERSE; MMLU style as protocols.md 5 suggests): header "The following are
+Prompt (undisclosed by XVERSE; MMLU's shape, which its "the same as MMLU" points to): header "The following are
 multiple choice questions (with answers) about English exam.\\n\\n", each item "{passage}\\n{question}\\n
 A. {A}\\nB. {B}\\nC. {C}\\nD. {D}\\nAnswer: {X}\\n\\n" (option text without its "(A)" prefix, trimmed), the
 item ending in "Answer:"; the letter continuation is " A" (with the space, as MMLU).
@@ -13,7 +13,7 @@ Shots (no dev split): default = the first 5 items of the file, which are then no
 AGIEval's few_shot_prompts.csv (needs the agieval folder beside this one), all 306 scored.
 The prompt loses its last shot while it is longer than 2048 tokens (hendrycks; XVERSE-65B had 16K):
 passages are long, so fewer shots often fit, and the number used is recorded per item.
-Average: accuracy, micro over items.
+Average: accuracy, micro over items. Protocol page: docs/benchmarks/gaokao_english.md.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import re
 
 from xverse_eval.errors import EvalError
 from xverse_eval.registry import register_task
-from xverse_eval.task import MultipleChoiceTask
+from xverse_eval.task import MultipleChoiceTask, Variant
 from xverse_eval.types import Sample
 
 HELD_OUT = 5
@@ -41,6 +41,7 @@ def option_text(option: str, letter: str, where: str) -> str:
 
 @register_task
 class GaokaoEnglish(MultipleChoiceTask):
+    """GAOKAO-English, MMLU-style 5-shot letter scoring (module docstring)."""
     name = "gaokao_english"
     version = "1"
     shots = 5
@@ -50,19 +51,15 @@ class GaokaoEnglish(MultipleChoiceTask):
     expected_count = 306 - HELD_OUT
     max_prompt_tokens = 2048
     variants = {
-        "default": "AGIEval gaokao-english; first 5 items are the shots and are not scored (301 scored)",
-        "agieval_demos": "AGIEval gaokao-english; shots = the 3 demos of AGIEval's few_shot_prompts.csv; all 306 scored",
-        "ai_gaokao": "ExpressAI/AI-Gaokao papers (listening, cloze, reading MC) from <data>/gaokao-english/ai-gaokao; first 5 held out",
+        "default": Variant("AGIEval gaokao-english; first 5 items are the shots and are not scored (301 scored)",
+                           fields={"data": "agieval", "held_out": HELD_OUT}),
+        "agieval_demos": Variant("AGIEval gaokao-english; shots = the 3 demos of AGIEval's few_shot_prompts.csv; all 306 scored",
+                                 shots=3, expected_count=306, fields={"data": "agieval", "held_out": 0, "demos": True}),
+        "ai_gaokao": Variant("ExpressAI/AI-Gaokao papers (listening, cloze, reading MC) from <data>/gaokao-english/ai-gaokao; first 5 held out",
+                             expected_count=None, fields={"data": "ai_gaokao", "held_out": HELD_OUT}),
     }
-    source = "AGIEval data/v1 gaokao-english.jsonl (ExpressAI/AI-Gaokao layout as variant); prompt per protocols.md 5 (XVERSE undisclosed)"
+    source = "AGIEval data/v1 gaokao-english.jsonl (ExpressAI/AI-Gaokao layout as variant); prompt: docs/benchmarks/gaokao_english.md (XVERSE undisclosed)"
     hub = None
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.variant == "agieval_demos":
-            self.shots, self.expected_count = 3, 306
-        elif self.variant == "ai_gaokao":
-            self.expected_count = None
 
     # ------------------------------------------------------------------ load
 
@@ -71,7 +68,7 @@ class GaokaoEnglish(MultipleChoiceTask):
             return self.__dict__["_items"]
         if not self.data.local:
             raise EvalError(f"{self.name}: no hub copy; pass --data-dir with AGIEval's gaokao-english.jsonl")
-        items = self._load_ai_gaokao() if self.variant == "ai_gaokao" else self._load_agieval()
+        items = self._load_ai_gaokao() if self.setting("data") == "ai_gaokao" else self._load_agieval()
         if len(items) <= HELD_OUT:
             raise EvalError(f"{self.name}: {len(items)} items; at least {HELD_OUT + 1} needed")
         self.__dict__["_items"] = items
@@ -118,20 +115,22 @@ class GaokaoEnglish(MultipleChoiceTask):
         return items
 
     def load_split(self, subset: str, split: str) -> list[Sample]:
-        items = self._all_items()
-        return items if self.variant == "agieval_demos" else items[HELD_OUT:]
+        """The scored items: all but the first `held_out` (the shots, unless the demos are)."""
+        return self._all_items()[self.setting("held_out"):]
 
     def sample_at(self, subset: str, index: int) -> Sample:
+        """An item by its position in the file; EvalError for a held-out exemplar."""
         items = self._all_items()
         if not 0 <= index < len(items):
             raise EvalError(f"{self.name}: --index {index} is out of range (0..{len(items) - 1})")
-        if self.variant != "agieval_demos" and index < HELD_OUT:
+        if index < self.setting("held_out"):
             raise EvalError(f"{self.name}: item {index} is a few-shot exemplar in this variant and is not scored (scored: {HELD_OUT}..{len(items) - 1})")
         return items[index]
 
-    def fewshot(self, sample: Sample) -> list[Sample]:
-        if self.variant != "agieval_demos":
-            return self._all_items()[: self.shots]
+    def fewshot_pool(self, subset: str) -> list[Sample]:
+        """The file's items (the first 5 are the shots), or AGIEval's 3 demos (variant agieval_demos)."""
+        if not self.setting("demos"):
+            return self._all_items()
         if "_demos" not in self.__dict__:
             import pandas as pd
 
@@ -141,11 +140,12 @@ class GaokaoEnglish(MultipleChoiceTask):
             frame = pd.read_csv(io.StringIO(self.data.read_text(path)), header=0, skiprows=lambda x: x not in (0, 1, 3, 5, 7, 9), keep_default_na=False)
             cells = [c for c in frame["gaokao-english"] if c]
             self.__dict__["_demos"] = [self._agieval_sample(ast.literal_eval(c), i, f"{path}: gaokao-english demo {i + 1}", "demo/") for i, c in enumerate(cells)]
-        return self.__dict__["_demos"][: self.shots]
+        return self.__dict__["_demos"]
 
     def aggregate(self, records, limit=None):
+        """Micro accuracy over items, with notes on the data and the shots."""
         result = super().aggregate(records, limit)
-        notes = ["data: " + ("ExpressAI/AI-Gaokao papers" if self.variant == "ai_gaokao" else "AGIEval gaokao-english.jsonl (XVERSE-7B/13B name ExpressAI/AI-Gaokao)"),
-                 "shots: " + ("the 3 AGIEval demos" if self.variant == "agieval_demos" else "first 5 items of the file, not scored"),
-                 "prompt undisclosed by XVERSE: MMLU-style, protocols.md 5"]
+        notes = ["data: " + ("ExpressAI/AI-Gaokao papers" if self.setting("data") == "ai_gaokao" else "AGIEval gaokao-english.jsonl (XVERSE-7B/13B name ExpressAI/AI-Gaokao)"),
+                 "shots: " + ("the 3 AGIEval demos" if self.setting("demos") else "first 5 items of the file, not scored"),
+                 "prompt undisclosed by XVERSE: MMLU-style (docs/benchmarks/gaokao_english.md)"]
         return self.result(result.metrics, result.groups, records, limit, notes=notes)

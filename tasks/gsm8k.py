@@ -26,6 +26,7 @@ strings ("\\n\\n" for the two digit-word extractors, "Question:" for 2024-02, lm
 for the lm-eval ones), so extract(full) == extract(full cut at the first stop string). Greedy decoding
 makes the text before the stop identical with and without stopping. tests/test_tasks_oc.py checks the
 identity on captured real generations and on random strings.
+Protocol page: docs/benchmarks/gsm8k.md.
 """
 from __future__ import annotations
 
@@ -33,9 +34,10 @@ import re
 
 from xverse_eval.errors import EvalError
 from xverse_eval.registry import register_task
-from xverse_eval.task import Fits, GenerationTask, Prepared, always_fits
-from xverse_eval.prompts import sha256
-from xverse_eval.types import GenerateRequest, Generation, Record, Response, Sample
+import dataclasses
+
+from xverse_eval.task import Fits, GenerationTask, Prepared, Variant, always_fits
+from xverse_eval.types import Sample
 
 LM_EVAL_UNTIL = ("Question:", "</s>", "<|im_end|>")
 
@@ -91,10 +93,12 @@ def _lm_eval_normalise(text: str) -> str:
 
 
 def lm_eval_strict(text: str) -> str:
+    """lm-eval gsm8k strict-match: the first "#### N", normalised."""
     return _lm_eval_normalise(_lm_eval_regex(cut(text, LM_EVAL_UNTIL), r"#### (\-?[0-9\.\,]+)", 0))
 
 
 def lm_eval_flexible(text: str) -> str:
+    """lm-eval gsm8k flexible-extract: the last number, normalised."""
     return _lm_eval_normalise(_lm_eval_regex(cut(text, LM_EVAL_UNTIL), r"(-?[$0-9.,]{2,})|(-?[0-9]+)", -1))
 
 
@@ -104,6 +108,7 @@ def numeric_equal(pred: str, target: str) -> bool:
         return pred == target or abs(float(pred) - int(target)) < 1e-6
     except (ValueError, OverflowError):
         return False
+
 
 
 # variant -> (extractor, stop strings that cannot change it, numeric comparison)
@@ -116,8 +121,16 @@ EXTRACTORS = {
 }
 
 
+def extraction(name: str, doc: str) -> Variant:
+    """The Variant of an answer extraction: generation stops at the strings that cannot change what
+    its extractor finds; the extractor and the numeric comparison are its fields."""
+    extract, stop, numeric = EXTRACTORS[name]
+    return Variant(doc, stop=stop, fields={"extract": extract, "numeric": numeric})
+
+
 @register_task
 class GSM8K(GenerationTask):
+    """GSM8K, OpenCompass 2023 prompt and post-processing; other extractions as variants (module docstring)."""
     name = "gsm8k"
     version = "1"
     shots = 4  # the four fixed exemplars written out in prompts/gsm8k.jinja
@@ -126,20 +139,17 @@ class GSM8K(GenerationTask):
     expected_count = 1319
     max_new_tokens = 512
     variants = {
-        "default": "OpenCompass gsm8k_gen_1d7fe4 (2023-11): 4 fixed CoT shots, greedy 512 tokens, 2023 gsm8k_postprocess (digits only)",
-        "oc-2023-12": "same prompt; the 2023-12-25 gsm8k_postprocess (decimal point kept)",
-        "oc-2024-02": "same prompt; the 2024-02-06 gsm8k_postprocess (last signed number before 'Question:') with numeric equality; as that reference, splits numbers at thousands separators ('$8,000' -> '000')",
-        "lm-eval-strict": "same prompt; lm-eval gsm8k strict-match ('#### N')",
-        "lm-eval-flexible": "same prompt; lm-eval gsm8k flexible-extract (last number)",
+        "default": extraction("default", "OpenCompass gsm8k_gen_1d7fe4 (2023-11): 4 fixed CoT shots, greedy 512 tokens, 2023 gsm8k_postprocess (digits only)"),
+        "oc-2023-12": extraction("oc-2023-12", "same prompt; the 2023-12-25 gsm8k_postprocess (decimal point kept)"),
+        "oc-2024-02": extraction("oc-2024-02", "same prompt; the 2024-02-06 gsm8k_postprocess (last signed number before 'Question:') with numeric equality; as that reference, splits numbers at thousands separators ('$8,000' -> '000')"),
+        "lm-eval-strict": extraction("lm-eval-strict", "same prompt; lm-eval gsm8k strict-match ('#### N')"),
+        "lm-eval-flexible": extraction("lm-eval-flexible", "same prompt; lm-eval gsm8k flexible-extract (last number)"),
     }
     source = "OpenCompass 6e315201 configs/datasets/gsm8k/gsm8k_gen_1d7fe4.py, opencompass/datasets/gsm8k.py"
     hub = ("openai/gsm8k", "740312add88f781978c0658806c59bc2815b9866")
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._extract, self.stop, self._numeric = EXTRACTORS[self.variant]
-
     def load_split(self, subset: str, split: str) -> list[Sample]:
+        """The split's items from <split>.jsonl or the hub; the target is the number after '#### '."""
         if self.data.local:
             path = self.data.path(f"{split}.jsonl")
             rows = self.data.read_jsonl(path)
@@ -159,22 +169,17 @@ class GSM8K(GenerationTask):
         return samples
 
     def fewshot(self, sample: Sample) -> list[Sample]:
-        return []  # the exemplars are fixed text in the template
+        """None: the four exemplars are fixed text in the template."""
+        return []
 
     def build(self, sample: Sample, fits: Fits = always_fits) -> Prepared:
-        prompt = self.render(sample, [])
-        return Prepared(sample, prompt, [GenerateRequest(self.key(sample, 0), prompt, self.max_new_tokens, self.stop)], self.shots)
+        """The generation request; the prompt holds the template's 4 fixed shots."""
+        return dataclasses.replace(super().build(sample, fits), shots=self.shots)
 
     def extract(self, text: str) -> str:
-        return self._extract(text)
+        """The variant's answer extraction."""
+        return self.setting("extract")(text)
 
     def is_correct(self, pred: str, target: str) -> bool:
-        return numeric_equal(pred, target) if self._numeric else pred == target
-
-    def score(self, item: Prepared, responses: list[Response]) -> Record:
-        gen: Generation = responses[0]  # type: ignore[assignment]
-        pred = self.extract(gen.text)
-        correct = self.is_correct(pred, item.sample.target)
-        return Record(self.name, item.sample.subset, item.sample.index, item.sample.id, item.prompt, sha256(item.prompt)[:16],
-                      prediction=pred, target=item.sample.target, correct=correct, scores={"acc": float(correct)},
-                      extra={"shots": item.shots, "generation": gen.text, "finish_reason": gen.finish_reason, "n_tokens": gen.n_tokens})
+        """String equality, or Gsm8kEvaluator's numeric equality (oc-2024-02)."""
+        return numeric_equal(pred, target) if self.setting("numeric") else pred == target

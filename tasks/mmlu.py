@@ -6,6 +6,7 @@ prompt loses its last shot while it is longer than 2048 tokens. Score: next-toke
 letter tokens " A".." D" at the end of the prompt, argmax. Average: micro over all 14,042
 questions; categories (STEM, humanities, social sciences, other) micro over their questions.
 CSVs are read with pandas, as the reference does, so cells render identically ("None" -> nan).
+Protocol page: docs/benchmarks/mmlu.md.
 """
 from __future__ import annotations
 
@@ -46,11 +47,13 @@ CATEGORIES = {
 
 
 def category(subject: str) -> str:
+    """The hendrycks/test category (STEM, humanities, social sciences, other) of a subject."""
     return next(name for name, subs in CATEGORIES.items() if SUBCATEGORY[subject] in subs)
 
 
 @register_task
 class MMLU(MultipleChoiceTask):
+    """MMLU as hendrycks/test evaluates it (module docstring)."""
     name = "mmlu"
     version = "1"
     shots = 5
@@ -65,9 +68,11 @@ class MMLU(MultipleChoiceTask):
 
     @classmethod
     def all_subsets(cls) -> list[str]:
+        """The 57 subjects, sorted."""
         return sorted(SUBCATEGORY)
 
     def load_split(self, subset: str, split: str) -> list[Sample]:
+        """A subject's split from data/<split>/<subject>_<split>.csv (pandas, no header) or the hub."""
         if self.data.local:
             return self._load_local(subset, split)
         rows = self.data.load_hub(self.hub[0], subset, self.SPLITS[split], self.hub[1])
@@ -95,6 +100,7 @@ class MMLU(MultipleChoiceTask):
         return EvalError(f"{path}: row {i + 1}: {what}")
 
     def aggregate(self, records, limit=None):
+        """Micro accuracy over items, per subject, per category, and the mean of the category accuracies."""
         result = super().aggregate(records, limit)
         by_category = metrics.group_by((category(r.subset), float(r.correct)) for r in records)
         groups = dict(result.groups)

@@ -10,13 +10,14 @@ Variants:
   lm-eval-norm  the same requests, acc_norm as the headline metric.
   0cfff2        OpenCompass piqa_ppl_0cfff2 (base_medium_llama collection): "{goal} {sol}" after
                 piqaDataset_V3's case fixes, whole-sequence PPL.
+Average: accuracy, micro over items. Protocol page: docs/benchmarks/piqa.md.
 """
 from __future__ import annotations
 
 from xverse_eval import metrics
 from xverse_eval.errors import EvalError
 from xverse_eval.registry import register_task
-from xverse_eval.task import MultipleChoiceTask
+from xverse_eval.task import MultipleChoiceTask, Variant
 from xverse_eval.types import Sample
 
 
@@ -30,6 +31,7 @@ def v3_case(goal: str, sol1: str, sol2: str) -> tuple[str, str, str]:
 
 @register_task
 class PIQA(MultipleChoiceTask):
+    """PIQA, OpenCompass 2023 prompt and whole-sequence PPL; lm-eval's as variants (module docstring)."""
     name = "piqa"
     version = "1"
     shots = 0
@@ -39,21 +41,19 @@ class PIQA(MultipleChoiceTask):
     formulation = "whole_sequence_ppl"
     metric = "acc"
     variants = {
-        "default": "OpenCompass piqa_ppl_1cf9f0 (2023-11): 'The following makes sense: \\nQ: {goal}\\nA: {sol}\\n', whole-sequence PPL",
-        "lm-eval": "lm-eval piqa: 'Question: {goal}\\nAnswer:' + ' {sol}', continuation log-likelihood (acc; acc_norm also reported)",
-        "lm-eval-norm": "lm-eval piqa, acc_norm (log-likelihood / characters of the solution) as the headline metric",
-        "0cfff2": "OpenCompass piqa_ppl_0cfff2: '{goal} {sol}' with piqaDataset_V3 case fixes, whole-sequence PPL",
+        "default": Variant("OpenCompass piqa_ppl_1cf9f0 (2023-11): 'The following makes sense: \\nQ: {goal}\\nA: {sol}\\n', whole-sequence PPL"),
+        "lm-eval": Variant("lm-eval piqa: 'Question: {goal}\\nAnswer:' + ' {sol}', continuation log-likelihood (acc; acc_norm also reported)",
+                           formulation="continuation", fields={"prompt": "lm-eval"}),
+        "lm-eval-norm": Variant("lm-eval piqa, acc_norm (log-likelihood / characters of the solution) as the headline metric",
+                                formulation="continuation", metric="acc_norm", fields={"prompt": "lm-eval"}),
+        "0cfff2": Variant("OpenCompass piqa_ppl_0cfff2: '{goal} {sol}' with piqaDataset_V3 case fixes, whole-sequence PPL",
+                          fields={"prompt": "0cfff2"}),
     }
     source = "OpenCompass 6e315201 configs/datasets/piqa/piqa_ppl_1cf9f0.py, opencompass/datasets/piqa.py"
     hub = ("ybisk/piqa", "refs/convert/parquet")
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        if self.variant in ("lm-eval", "lm-eval-norm"):
-            self.formulation = "continuation"
-            self.metric = "acc_norm" if self.variant == "lm-eval-norm" else "acc"
-
     def load_split(self, subset: str, split: str) -> list[Sample]:
+        """The validation split: valid.jsonl with valid-labels.lst, or the hub."""
         if split != "validation":
             raise EvalError(f"piqa: only the validation split has labels (asked for {split!r})")
         if self.data.local:
@@ -78,6 +78,7 @@ class PIQA(MultipleChoiceTask):
         return samples
 
     def aggregate(self, records, limit=None):
+        """acc (and acc_norm where scored), micro over items, each with its stderr."""
         values = {}
         for key in ("acc", "acc_norm"):
             vals = [r.scores[key] for r in records if key in r.scores]

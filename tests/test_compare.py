@@ -11,7 +11,7 @@ import pytest
 from real_runs import _jsonl, real_runs
 
 from xverse_eval import cli
-from xverse_eval.compare import compare, mcnemar_exact, paired_bootstrap
+from xverse_eval.compare import bootstrap_ci, compare, mcnemar_exact, sign_flip
 
 
 @pytest.fixture(scope="module")
@@ -114,11 +114,11 @@ def test_bad_arguments_exit_2(runs, tmp_path, capsys):
 def test_paired_bootstrap_for_non_binary_scores():
     # pass@k-like per-item values in [0, 1]: a constant shift of 0.2 on 40 items
     diffs = [0.2] * 40
-    (lo, hi), p = paired_bootstrap(diffs, [1.0] * 40)
+    (lo, hi), (p, _) = bootstrap_ci(diffs, [1.0] * 40), sign_flip(diffs)
     assert lo == hi == pytest.approx(0.2) and p < 0.001
     noisy = [0.25, -0.25] * 20  # mean 0: no evidence of a change
-    (lo, hi), p = paired_bootstrap(noisy, [1.0] * 40)
+    (lo, hi), (p, _) = bootstrap_ci(noisy, [1.0] * 40), sign_flip(noisy)
     assert lo < 0 < hi and p == 1.0
     mixed = [0.5, -0.1, 0.3, 0.0] * 10  # mean 0.175 > 0, clearly
-    (lo, hi), p = paired_bootstrap(mixed, [1.0] * 40)
+    (lo, hi), (p, _) = bootstrap_ci(mixed, [1.0] * 40), sign_flip(mixed)
     assert 0 < lo < 0.175 < hi and p < 0.01

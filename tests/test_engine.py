@@ -99,6 +99,43 @@ def test_engine_stores_exactly_the_text_after_the_prompt(engine):
     assert hf.generate(requests) == [Generation("    return x", "eos", 3), Generation(" z", "eos", 1), Generation("    return", "length", 2)]
 
 
+@pytest.mark.parametrize("engine", ["slots", "plain"])
+def test_generation_progress_counts_tokens(engine, monkeypatch, capsys):
+    """The generation bar counts tokens, and its total drops to what was really generated as rows end
+    early: 18 announced (8 + 8 + 2 max_new_tokens), 8 taken (3 + EOS, 1 + EOS, 2)."""
+    from xverse_eval.runner.hf import HFModel
+
+    monkeypatch.setenv("XVERSE_EVAL_PROGRESS_EVERY", "0")  # the closing line only
+    tok = llama_tokenizer()
+    successor = {"<0x0A>": "▁▁▁▁", "▁▁▁▁": "return", "return": "▁x", "▁x": "</s>", "▁=": "▁z", "▁z": "</s>"}
+    hf = HFModel(tok, wired_llama(tok, successor), "wired", {}, "cpu", batch_size=2)
+    hf.engine.use_slots = engine == "slots"
+    hf.generate([GenerateRequest("a", "def f(x):\n", 8), GenerateRequest("b", "y =", 8), GenerateRequest("c", "def f(x):\n", 2)])
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("generate: 8/8 tok (100%)")
+    assert hf.counters().generated_tokens == 3 + 1 + 2 and hf.counters().requests == 3
+
+
+def test_generation_eta_is_of_the_tokens_left():
+    """Mid-run: 13 of 16 requests done is not 13/16 of the work; the ETA follows the tokens left."""
+    from xverse_eval.progress import LineProgress
+    from xverse_eval.runner.engine import TokenMeter
+
+    requests = [GenerateRequest(f"r{i}", "p", 512) for i in range(16)]
+    meter = TokenMeter(requests, enabled=False)
+    now = [0.0]
+    lines = []
+    meter.bar = LineProgress(meter.total, "generate", "tok", interval=0, clock=lambda: now[0], emit=lines.append)
+    for r in requests[:13]:  # 13 short answers of 4 tokens (3 + EOS) in the first 13 s
+        d = Decoding(0, r, [5], set())
+        d.steps = 4
+        meter.stepped(4)
+        meter.finished(d)
+    meter.stepped(3 * 100)  # the 3 long ones are 100 tokens in, 412 to go each
+    now[0] = 88.0
+    assert meter.total == 13 * 4 + 3 * 512
+    assert meter.bar.line() == "generate: 352/1588 tok (22%), 4.0 tok/s, 1m28s elapsed, ETA 5m09s"
+
+
 # ----------------------------------------------------------------------------- the real model
 
 
@@ -120,7 +157,7 @@ def greedy_reference(hf, prompt: str, max_new: int) -> list[int]:
             break
         new.append(token)
         cache = getattr(out, "cache", None) or out.past_key_values
-        out = hf.model(input_ids=torch.tensor([[token]]), use_cache=True, **{hf.cache_arg: cache})
+        out = hf.model(input_ids=torch.tensor([[token]]), use_cache=True, **{hf.loaded.cache_arg: cache})
     return new
 
 
@@ -148,6 +185,25 @@ def real_requests(data_dir) -> list[GenerateRequest]:
         shared = os.path.commonprefix([r.prompt for r in reqs])
         out += [dataclasses.replace(r, max_new_tokens=n, shared_prefix=shared) for r, n in zip(reqs, budgets)]
     return out
+
+
+def test_prompts_are_grouped_by_the_prefix_they_share_on_token_ids(smollm2, data_dir):
+    """The engine's groups are the scorer's prefix tree over the prompts: GSM8K's two prompts share
+    the 4-shot block (prefilled once), HumanEval's share a header too short to pay; runner.work
+    counts what the engine then prefills."""
+    from xverse_eval.runner import work
+    from xverse_eval.runner.engine import prefix_groups
+
+    requests = real_requests(data_dir)
+    prompts = [smollm2.tokens.encode(r.prompt) for r in requests]
+    groups = prefix_groups(prompts)
+    block = smollm2.tokens.encode(requests[0].shared_prefix)
+    assert [members for _, members in groups] == [[0, 1], [2, 3]]
+    assert groups[0][0] == common_prefix(prompts[:2]) and len(groups[0][0]) >= len(block) - 1 and groups[1][0] == []
+    assert prefix_groups(prompts, shared=False) == [([], [0, 1, 2, 3])]
+    w = work(requests, smollm2.tokens)
+    assert (w.distinct_tokens, w.computed_tokens) == (sum(map(len, prompts)), sum(map(len, prompts)) - len(groups[0][0]))
+    assert w.generated_tokens == sum(r.max_new_tokens for r in requests)
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +243,7 @@ def test_engine_equals_a_plain_greedy_loop_on_real_prompts(smollm2, reference):
 def test_stop_strings_across_token_boundaries_and_eos(smollm2, reference):
     """A stop string made of the last characters of one token and the first of the next; and an EOS
     token in the middle of a generation while another row goes on (a token the model really emits
-    there is made an EOS for the test: the engine holds the model's EOS set)."""
+    there is made a stop token for the test, through stop_at_tokens)."""
     requests, news = reference
     tok = smollm2.tokenizer
     req, new = requests[0], news[0]
@@ -205,10 +261,9 @@ def test_stop_strings_across_token_boundaries_and_eos(smollm2, reference):
     want = [expected(smollm2, spanning, until_eos(new)), expected(smollm2, requests[2], until_eos(code))]
     assert want[0].finish_reason == "stop" and want[0].n_tokens <= k + 2
     assert want[1].finish_reason == "eos" and want[1].n_tokens == code.index(eos)
-    added = eos not in smollm2.eos_ids
-    smollm2.eos_ids.add(eos)
+    saved = smollm2.stop_ids
+    smollm2.stop_at_tokens({eos})  # the contract's way in: a chat template's end-of-turn ids come the same way
     try:
         assert run_engine(smollm2, [spanning, requests[2]], slots=2) == want
     finally:
-        if added:
-            smollm2.eos_ids.discard(eos)
+        smollm2.stop_ids = saved

@@ -240,3 +240,78 @@ def test_gguf_second_load_is_fast_and_identical(smollm2, monkeypatch):
     text = "<|im_start|>user\nWhat is 2+2?<|im_end|>\n"
     assert tokenizer(text).input_ids == smollm2.tokenizer(text).input_ids
     assert seconds < 20  # ~2 s on an idle 2-core machine; the bound leaves room for a loaded CI box
+
+
+# ----------------------------------------------------------------------------- device maps, messages
+
+
+def mmlu_requests(data_dir: str):
+    """Real MMLU anatomy items: a 2-shot prefix shared by 3 questions x 4 letters, and 2 generations."""
+    from test_sharded import requests
+
+    return requests(data_dir)
+
+
+def test_a_model_split_over_two_devices_equals_one_device(checkpoint, data_dir, tmp_path):
+    """A device map over two devices -- layer 0 on the CPU, layer 1 offloaded to disk, which
+    accelerate's hooks bring in for each pass, as they move blocks between GPUs -- gives the one-device
+    log-likelihoods, greedy flags and generations (the scorer falls back to whole rows, the engine to
+    no CUDA graphs: runner/load.py spans_devices)."""
+    from xverse_eval.runner.load import spans_devices
+
+    scored, gens = mmlu_requests(data_dir)
+    one = load_model(str(checkpoint), device="cpu", dtype="float32")
+    place = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk", "model.norm": "cpu",
+             "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    split = load_model(str(checkpoint), device="cpu", dtype="float32", model_args={"device_map": place, "offload_folder": str(tmp_path / "off")})
+    assert spans_devices(split.model) and not spans_devices(one.model)
+    # layer 1 really lives on disk (read from the checkpoint's safetensors for each pass), layer 0 in memory
+    assert split.model.model.layers[1].self_attn.q_proj.weight.is_meta and not split.model.model.layers[0].self_attn.q_proj.weight.is_meta
+    for model in (one, split):
+        model.report_progress = False
+    a, b = one.loglikelihood(scored), split.loglikelihood(scored)
+    assert [r.logprob for r in b] == pytest.approx([r.logprob for r in a], abs=1e-5)
+    assert [r.is_greedy for r in b] == [r.is_greedy for r in a]
+    assert [g.text for g in split.generate(gens)] == [g.text for g in one.generate(gens)]
+
+
+def test_device_map_flag_is_the_model_arg(checkpoint, data_dir):
+    from xverse_eval.cli import parser, translate_model
+
+    args = parser().parse_args(["run", "--model", str(checkpoint), "--tasks", "mmlu", "--device-map", "auto"])
+    translate_model(args)
+    assert args.model_args == {"device_map": "auto"}
+    args = parser().parse_args(["run", "--model", "hf", "--model_args", f"pretrained={checkpoint},parallelize=True", "--tasks", "mmlu"])
+    translate_model(args)
+    assert args.model_args == {"device_map": "auto"}  # lm-eval's spelling
+    args = parser().parse_args(["run", "--model", str(checkpoint), "--tasks", "mmlu", "--device-map", "auto",
+                                      "--model-args", "device_map=sequential"])
+    with pytest.raises(EvalError, match="--device-map auto and --model-args device_map=sequential: give it once"):
+        translate_model(args)
+
+
+def test_a_folder_without_a_tokenizer_is_one_whole_line(checkpoint, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in checkpoint.iterdir():
+        if f.name in ("config.json", "model.safetensors"):
+            (bare / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(EvalError) as exc:
+        load_model(str(bare), device="cpu")
+    message = str(exc.value)
+    assert "\n" not in message and f"model folder {bare} has no tokenizer (none of tokenizer.json" in message
+    assert message.rstrip().endswith("(tokenizer.save_pretrained)")
+
+
+def test_an_offline_hub_id_fails_fast_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    t = time.perf_counter()
+    with pytest.raises(EvalError) as exc:
+        load_model("someorg/not-cached-model", device="cpu")
+    assert time.perf_counter() - t < 15  # transformers' retries took 51 s (issue 21)
+    assert "\n" not in str(exc.value) and "someorg/not-cached-model" in str(exc.value)

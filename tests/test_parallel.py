@@ -23,6 +23,7 @@ from xverse_eval import parallel
 from xverse_eval.errors import EvalError
 from xverse_eval.results import ResponseStore
 from xverse_eval.runner import memory
+from xverse_eval.runner.shape import Shape
 from xverse_eval.runner.xverse import random_config, xverse_llama_config
 from xverse_eval.types import GenerateRequest, Loglikelihood, LoglikelihoodRequest
 
@@ -127,6 +128,40 @@ def test_memory_check_names_the_tp_size_that_fits():
     with pytest.raises(EvalError, match="no --tp-size up to 8 fits"):
         memory.check(config, torch.bfloat16, "cuda:0", 1, free=8 * gib)
     assert memory.check(config, torch.bfloat16, "cpu", 1).weights > 0  # CPU: estimated, never refused
+
+
+def test_each_process_gets_its_gpus():
+    """One GPU per process when torchrun starts one per GPU; K consecutive ones for N replicas of K
+    GPUs under --device-map (4 processes on 8 GPUs: 2 each); never two processes on one GPU."""
+    assert [parallel.gpus_of(r, 8, 8) for r in (0, 7)] == [(0,), (7,)]
+    assert [parallel.gpus_of(r, 4, 8) for r in range(4)] == [(0, 1), (2, 3), (4, 5), (6, 7)]
+    assert parallel.gpus_of(0, 1, 2) == (0, 1)
+    with pytest.raises(EvalError, match="torchrun started 4 processes on this node, which has 2 GPUs"):
+        parallel.gpus_of(3, 4, 2)
+
+
+def test_memory_plans_every_mode_and_names_the_flag_that_fits():
+    """From the config alone: tensor parallel and a device map over K GPUs, with the KV room left on
+    the fullest GPU; a device map that does not fit is told the --tp-size or the wider map that does."""
+    config = random_config("random:xverse-65b")
+    gib = memory.GIB
+    split = memory.estimate(config, torch.bfloat16, 2, "device_map")
+    # the last of 2 GPUs: 40 of 80 layers (61.9 GiB) and the LM head (1.5 GiB); half the KV
+    assert split.weights == (40 * Shape.of(config).layer_params + 100534 * 8192 + 8192) * 2
+    assert split.kv == memory.estimate(config, torch.bfloat16, 2).kv
+    fits = {(e.mode, e.tp): room for e, room in memory.plan(config, torch.bfloat16, 79 * gib)}
+    assert set(fits) == {("tp", 2), ("tp", 4), ("tp", 8), ("device_map", 2), ("device_map", 4), ("device_map", 8)}
+    assert 9 * gib < fits[("tp", 2)] < fits[("tp", 4)]  # 2 x 80 GB leaves ~10 GiB of KV room per GPU
+    with pytest.raises(EvalError, match=r"with --device-map over 2 GPUs, but cuda:0 has 40.0 GiB free: use --tp-size 4 .* "
+                                        r"or --device-map auto over 4 GPUs in one process") as exc:
+        memory.check(config, torch.bfloat16, "cuda:0", 2, free=40 * gib, mode="device_map")
+    assert "\n" not in str(exc.value)
+    # heads that no --tp-size splits (a 7-head model): only a device map is offered
+    from xverse_eval.runner.xverse import ARCHITECTURES
+
+    odd = {**ARCHITECTURES["xverse-65b"], "num_attention_heads": 56, "num_key_value_heads": 7, "head_dim": 128}  # a config.json
+    with pytest.raises(EvalError, match=r"use --device-map auto over 2 GPUs \(one process; its heads do not split"):
+        memory.check(odd, torch.bfloat16, "cuda:0", 1, free=79 * gib)
 
 
 def test_xverse_config_maps_to_llama_fields():

@@ -12,6 +12,7 @@ import pytest
 from xverse_eval.cli import main
 from xverse_eval.evaluate import TaskSpec, make_task, run
 from xverse_eval.registry import include_path, task_origin
+from test_build import registry_restored  # noqa: F401 -- a fixture
 
 # a two-item letter-scored task: the module reads its items from a JSONL file beside it
 TASK = '''
@@ -70,6 +71,7 @@ def test_plugin_task_runs_end_to_end_on_the_real_model(tmp_path, smollm2):
     assert res["n"] == 2 and res["version"] == "7"
     records = [json.loads(line) for line in (path / "samples" / "capitals_e2e.jsonl").read_text().splitlines()]
     assert [len(r["extra"]["choice_scores"]["logprob"]) for r in records] == [4, 4]
+    assert [r["weight"] for r in records] == [1.0, 1.0] and res["average"] == "micro"
     # the template's own hash is the prompt hash; the manifest remembers the folder, so `score` needs no flag
     import hashlib
 
@@ -109,3 +111,30 @@ def test_plugin_without_its_template(tmp_path):
     (folder / "capitals_notemplate.jinja").unlink()
     code, _, err = cli("list", "--include-path", str(folder))
     assert code == 2 and "has no template capitals_notemplate.jinja beside it" in err and str(folder / "capitals_notemplate.py") in err
+
+
+def readme_example() -> tuple[str, str]:
+    """The task module and template the README's "Your own tasks" section shows, as written."""
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Your own tasks"):]
+    module = section.split("```python\n", 1)[1].split("```", 1)[0]
+    template = section.split("```jinja\n", 1)[1].split("```", 1)[0]
+    return module, template
+
+
+def test_readme_plugin_example_runs_as_written(tmp_path, registry_restored):
+    module, template = readme_example()
+    folder = tmp_path / "readme"
+    folder.mkdir()
+    (folder / "capitals.py").write_text(module.replace('name = "capitals"', 'name = "capitals_readme"'))
+    (folder / "capitals_readme.jinja").write_text(template)
+    assert include_path(folder) == ["capitals_readme"]
+    task = make_task(TaskSpec("capitals_readme"), None)
+    assert task.formulation == "letters"  # what the README says the default is
+    item = task.build(task.samples()[0])
+    assert item.prompt == "The capital of France is\nA. Berlin\nB. Paris\nAnswer:"
+    assert [r.continuation for r in item.requests] == [" A", " B"]
+    path, results = run("fake:1", [TaskSpec("capitals_readme")], output_dir=str(tmp_path / "run"))
+    assert results["results"]["capitals_readme"]["n"] == 1 and results["results"]["capitals_readme"]["average"] == "micro"
+    records = [json.loads(line) for line in (path / "samples" / "capitals_readme.jsonl").read_text().splitlines()]
+    assert [r["weight"] for r in records] == [1.0]

@@ -145,3 +145,39 @@ def test_a_run_with_stderr_in_a_pipe_prints_progress_lines(data_dir, tmp_path):
     assert done == sorted(done) and done[0] < 24
     assert lines[-1].startswith("loglikelihood: 24/24 req (100%)") and lines[-1].endswith(", done")
     assert "\r" not in proc.stderr  # no terminal bar in a log
+
+
+def test_brief_phase_is_silent_when_short_and_reports_when_long():
+    """The pipeline's own phases (load data, build, score) are `brief`: a small run prints nothing for
+    them (so an error after them is still the only line), a long one reports like any other, and a
+    phase that fails never prints a closing "done"."""
+    clock, lines = Clock(), []
+    short = LineProgress(10, "build", "item", interval=10.0, clock=clock, emit=lines.append, brief=True)
+    clock.t += 3
+    short.update(10)
+    short.close()
+    assert lines == []
+    long = LineProgress(10, "build", "item", interval=10.0, clock=clock, emit=lines.append, brief=True)
+    clock.t += 12
+    long.update(4)
+    long.update(6)
+    long.close()
+    assert lines == ["build: 4/10 item (40%), 0.3 item/s, 12s elapsed, ETA 18s", "build: 10/10 item (100%), 0.8 item/s, 12s elapsed, done"]
+    failed = LineProgress(10, "load data", "task", interval=10.0, clock=clock, emit=lines.append)
+    with pytest.raises(ValueError):
+        with failed:
+            clock.t += 20
+            raise ValueError("bad data")
+    assert len(lines) == 2  # no "load data: 0/10 task, done" after an error
+
+
+def test_a_run_reports_every_phase_in_a_pipe(data_dir, tmp_path):
+    """Load data, build, the model's phase and score each report in a log once they take longer than
+    the interval (here 0: every phase's closing line)."""
+    env = dict(os.environ, XVERSE_EVAL_PROGRESS_EVERY="0", PYTHONPATH=str(REPO))
+    argv = [sys.executable, "-m", "xverse_eval", "run", "--model", "fake:0", "--tasks", "mmlu:anatomy",
+            "--limit", "3", "--data-dir", data_dir, "--output-dir", str(tmp_path / "run")]
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    phases = [line.split(":")[0] for line in proc.stderr.splitlines() if line.endswith(", done")]
+    assert phases == ["load data", "build", "loglikelihood", "score"], proc.stderr

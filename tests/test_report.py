@@ -106,7 +106,7 @@ def test_report_golden_two_runs_of_one_model(runs):
     assert "smollm2-135m [base] (ours) | 95% CI | n | Δ vs XVERSE-65B | smollm2-135m [variant] (ours) | 95% CI | n |" in header
     assert "† PIQA (smollm2-135m [variant]): variant `lm-eval`" in text
     assert "‡ PIQA: smollm2-135m [variant] differs from the first run in variant, limit; not the same measurement." in text
-    assert "| 53.9–100.0 | 10 | - |" in text  # the second run's own interval and n
+    assert "| 49.0–94.3 | 10 | - |" in text  # the second run's own interval (Wilson, 8/10) and n
 
 
 @pytest.mark.slow
@@ -126,7 +126,7 @@ def test_single_answer_footnote_only_with_its_rows():
                                    "groups": {}, "n": 1383, "shots": 5, "variant": "default", "prompt_hash": "h", "data_revision": "r",
                                    "split": "test", "limit": None, "notes": []}}}
     text = render([base])
-    assert f"(1) {reported()['footnote_1']}" in text and "| Gaokao-Bench (1) | 5-shot | 50.0 | 48.0–52.0 | 1383 | -23.9 |" in text
+    assert f"(1) {reported()['footnote_1']}" in text and "| Gaokao-Bench (1) | 5-shot | 50.0 | 47.4–52.6 | 1383 | -23.9 |" in text
 
 
 # ----------------------------------------------------------------------------- leaderboard
@@ -153,7 +153,8 @@ def test_leaderboard_golden_and_formats(runs, capsys):
     base = board["rows"][[r["model"] for r in board["rows"]].index("smollm2-135m [base]")]
     assert base["average"] == pytest.approx((base["scores"]["mmlu"] + base["scores"]["piqa"]) / 2, abs=0.01)
     csv_text = lb.render(same, "csv", sort="PIQA")
-    assert csv_text.splitlines()[0] == "Model,Kind,MMLU (anatomy),PIQA,\"Average (MMLU (anatomy), PIQA)\""
+    assert csv_text.splitlines()[0] == ("Model,Kind,MMLU (anatomy),PIQA,\"Average (MMLU (anatomy), PIQA)\",MMLU (anatomy) marks,PIQA marks,"
+                                        "MMLU (anatomy) 95% CI low,MMLU (anatomy) 95% CI high,PIQA 95% CI low,PIQA 95% CI high")
     assert csv_text.splitlines()[1].startswith("GPT-4,reported,86.4,89.2,")
     assert cli.main(["leaderboard", *dirs, "--sort", "nope"]) == 2
     assert "no such column" in capsys.readouterr().err

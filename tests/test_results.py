@@ -274,3 +274,29 @@ def test_oom_splits_batches_down_to_single_rows():
     model._score = lambda batch, requests, *args, **kwargs: (_ for _ in ()).throw(torch.OutOfMemoryError("injected"))
     with pytest.raises(EvalError, match=r"^out of memory on a single row of 10 tokens"):
         model._score_resilient(rows[:1], None, *extra)
+
+
+# ----------------------------------------------------------------------------- the pipeline's records
+
+
+def test_model_args_reach_results_json_and_the_report_footer(data_dir, tmp_path, monkeypatch, capsys):
+    """Issue 21: `--model-args` appear in results.json's lm-eval `config.model_args` and in the
+    report's footer line of the run (a real tiny Llama checkpoint, a real run)."""
+    import json
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _tiny_llama import make_checkpoint
+
+    from xverse_eval import cli
+
+    monkeypatch.setenv("XVERSE_EVAL_CACHE", str(tmp_path / "cache"))
+    folder = make_checkpoint(tmp_path / "tiny-llama", data_dir)
+    out = tmp_path / "run"
+    rc = cli.main(["run", "--model", str(folder), "--tasks", "mmlu:anatomy", "--data-dir", data_dir, "--limit", "2",
+                   "--device", "cpu", "--model-args", "attn_implementation=eager", "--output-dir", str(out)])
+    stdout = capsys.readouterr().out
+    assert rc == 0
+    config = json.loads((out / "results.json").read_text())["config"]
+    assert "attn_implementation=eager" in config["model_args"].split(",")
+    footer = [line for line in stdout.splitlines() if line.startswith("- ") and "xverse-eval" in line and "dtype" in line]
+    assert footer and "model args attn_implementation=eager" in footer[0]

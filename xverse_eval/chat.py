@@ -195,6 +195,9 @@ def used_shots(task, item) -> list[Sample]:
     """The shots the protocol kept for this item: its few-shot list, dropped the task's own way
     (last, or longest) down to the number the build kept."""
     shots = task.fewshot(item.sample)
+    if len(getattr(item, "shot_ids", ())) == item.shots:  # the build names them (CMMLU drops the longest, not the last)
+        by_id = {s.id: s for s in shots}
+        return [by_id[i] for i in item.shot_ids]
     while len(shots) > item.shots:
         shots = task.drop_shot(shots)
     return list(shots)

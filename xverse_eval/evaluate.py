@@ -1,5 +1,22 @@
-"""The pipeline: load -> build -> infer -> score -> aggregate -> report. The only module that sees
-all of it; `score_run` re-runs the last three from a run dir without a model."""
+"""The pipeline: load -> build -> infer -> score -> report, over one frozen `RunConfig`.
+
+    run_config(config)                       # what `xverse-eval run` calls (through `run`)
+      open_sandbox, make_tasks                 the tasks, a CodeTask given its sandbox explicitly
+      ModelLoader.start                        the weights load in a thread while the data loads and
+                                               the requests build (with the tokenizer alone)
+      load_samples, read_fewshot               the data (progress per task)
+      finished_run                             a resume with nothing left: re-scored, no model
+      Builder                                  builds task N+1 while task N is inferred
+      claim_run_dir                            identity (identity.py), lock, manifest
+      infer                                    each task's missing requests, stored per batch
+      score_and_report                         records, TaskResults, results.json, report.md, summary
+
+`score_run` re-runs the last phase from a run dir without a model; `--dry-run` stops after build
+(dry_run below: plan.jsonl and the cost of every task, no weights).
+
+What a run *is* (its run dir, the key of every response, what a resume compares) lives in
+identity.py alone; durable files in results.py; the torchrun job in parallel.py.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -7,21 +24,42 @@ import dataclasses
 import datetime
 import logging
 import os
-import re
+import queue
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__, report
+from .build import build, check_letter_tokens, mark_shared_prefixes  # noqa: F401 -- re-exported: callers import them from here
 from .errors import EvalError
+from .identity import Identity, slug, task_identity  # noqa: F401 -- slug, task_identity re-exported
+from .progress import progress
 from .registry import get_task_class
-from .results import ResponseStore, RunDir, atomic_write, digest, fault, write_json, write_jsonl
-from .task import Prepared, Task, TokenLimit, always_fits
+from .results import ResponseStore, RunDir, append_jsonl, atomic_write, fault, write_json, write_jsonl
+from .task import Prepared, Task
 from .types import GenerateRequest, LoglikelihoodRequest, Request
 
 log = logging.getLogger(__name__)
+
+
+def process_age() -> float:
+    """Seconds since this process started (Linux /proc; 0.0 elsewhere): the start-up figures count
+    from the command's start, imports included."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def say(line: str) -> None:
+    """One line for the person running the command (stderr: stdout carries the report)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- task selection
@@ -64,69 +102,500 @@ def parse_tasks(text: str) -> list[TaskSpec]:
 
 
 def make_task(spec: TaskSpec, data_dir: str | None, **options: Any) -> Task:
+    """The Task of `spec` reading `data_dir`; `options` go to its constructor (a CodeTask's `sandbox=`)."""
     return get_task_class(spec.name)(data_dir=data_dir, subsets=spec.subsets or None, variant=spec.variant, **options)
 
 
+def needs_sandbox(task_class) -> bool:
+    """Whether a task's completions run as programs (a CodeTask; pass@k metrics before CodeTask)."""
+    return bool(getattr(task_class, "needs_sandbox", False) or str(getattr(task_class, "metric", "")).startswith("pass@"))
+
+
 def is_code_task(task: Task) -> bool:
-    return task.metric.startswith("pass@")
+    return needs_sandbox(task)
 
 
-# ----------------------------------------------------------------------------- phases
+# ----------------------------------------------------------------------------- the run's configuration
 
 
-def build(task: Task, samples, model=None, chat=None) -> list[Prepared]:
-    """Prompts and requests; a prompt over the task's token limit drops shots (tokenizer of `model`).
-    `chat` (a (ChatTemplate, ChatOptions) pair, --apply-chat-template): each built item is then
-    rendered as a conversation (xverse_eval/chat.py); the one-token letter check runs on that."""
-    limit = getattr(task, "max_prompt_tokens", None)
-    fits = TokenLimit(model.count_tokens, limit) if (model is not None and limit) else always_fits
-    items = [task.build(s, fits) for s in samples]
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything `xverse-eval run` was asked, frozen, passed down whole.
+
+    `model`: the --model spec; `tasks`: TaskSpecs; `limit`: N per subset or a fraction in (0, 1);
+    `output_dir`: None = results/runs/<model>/<identity digest>; `sandbox_mode`: "auto" or "unsafe";
+    `chat`: chat.ChatOptions or None; `model_args`: the parsed --model-args; `dry_run`: stop after
+    build (no weights); `peak_tflops`: the accelerator's peak for the compute floor and MFU (None:
+    $XVERSE_EVAL_PEAK_TFLOPS or the device table of runner/dry.py)."""
+
+    model: str
+    tasks: tuple = ()
+    data_dir: str | None = None
+    limit: int | float | None = None
+    output_dir: str | None = None
+    batch_size: str | int = "auto"
+    device: str | None = None
+    dtype: str = "auto"
+    revision: str | None = None
+    sandbox_mode: str = "auto"
+    command: str = ""
+    prefix_cache: bool = True
+    chat: Any = None
+    tp_size: int = 1
+    model_args: dict | None = None
+    trust_remote_code: bool = False
+    dry_run: bool = False
+    peak_tflops: float | None = None
+
+    @property
+    def chat_on(self) -> bool:
+        return self.chat is not None and bool(getattr(self.chat, "enabled", False))
+
+    def load_args(self) -> dict:
+        """The keyword arguments of runner.load_model / model_identity / DryModel.load."""
+        return dict(device=self.device, dtype=self.dtype, revision=self.revision, model_args=self.model_args,
+                    trust_remote_code=self.trust_remote_code)
+
+    def data_location(self) -> str | None:
+        """The data dir as the manifest records it (absolute), or $XVERSE_EVAL_DATA."""
+        return str(Path(self.data_dir).resolve()) if self.data_dir else os.environ.get("XVERSE_EVAL_DATA")
+
+    def check(self) -> None:
+        """Refuse (EvalError) what needs no data or model to be wrong: a non-positive limit, bad chat options."""
+        if self.limit is not None and self.limit <= 0:
+            raise EvalError(f"--limit must be a positive number, got {self.limit}")
+        if self.chat is not None:
+            self.chat.check()
+
+
+def run(model_spec: str, task_specs: list[TaskSpec], data_dir: str | None = None, limit: int | float | None = None,
+        output_dir: str | None = None, batch_size: str | int = "auto", device: str | None = None, dtype: str = "auto",
+        revision: str | None = None, sandbox_mode: str = "auto", command: str = "", model=None, prefix_cache: bool = True,
+        chat_options=None, tp_size: int = 1, dist=None, model_args: dict | None = None,
+        trust_remote_code: bool = False, dry_run: bool = False, peak_tflops: float | None = None) -> tuple[Path, dict | None]:
+    """The whole pipeline for these arguments (see RunConfig); returns the run dir and results.json's
+    content. `model`: an already loaded Model (tests, benchmarks) instead of loading `model_spec`;
+    `dist`: the torchrun job (parallel.setup) where the caller made it. Ranks other than 0, and a dry
+    run, return (run dir, None)."""
+    config = RunConfig(model_spec, tuple(task_specs), data_dir, limit, output_dir, batch_size, device, dtype, revision,
+                       sandbox_mode, command, prefix_cache, chat_options, tp_size, model_args, trust_remote_code, dry_run, peak_tflops)
+    return run_config(config, model=model, dist=dist)
+
+
+def run_config(config: RunConfig, model=None, dist=None) -> tuple[Path, dict | None]:
+    """`run` over a RunConfig: load -> build -> infer -> score -> report (module docstring)."""
+    from . import parallel
+
+    started = time.monotonic()  # lm-eval's total_evaluation_time_seconds
+    timeline = {"started": started - process_age()}  # the command's start, imports included
+    config.check()
+    d = dist or parallel.setup(config.tp_size, config.device)
+    sandbox = open_sandbox(config, d.main) if not config.dry_run else None  # only rank 0 scores
+    tasks = make_tasks(config, sandbox)
+    if config.dry_run:
+        return dry_run(config, tasks, started)
+    known = known_fingerprint(config, model, d)
+    loader = ModelLoader(config, d, model)
+    with contextlib.ExitStack() as stack:
+        explicit = None
+        resumable = may_be_finished(config, known)
+        if not resumable:  # nothing to re-score: lock, then the weights load while the data loads and builds
+            explicit = lock_explicit_dir(config, d, stack, known, tasks)
+            loader.start()
+        elif config.output_dir and d.main:  # a run in progress or of another config there: refused now
+            with RunDir(Path(config.output_dir)) as there:
+                there.check(partial_identity(config, known, tasks), partial=True)
+        samples = load_samples(tasks, config.limit)
+        if resumable:
+            finished = finished_run(config, known, tasks, samples)
+            if finished is not None:  # a resume with nothing left to compute: the model is not loaded
+                return finished
+            explicit = lock_explicit_dir(config, d, stack, known, tasks)
+            loader.start()
+        builder = Builder(tasks, samples, loader.tokenizer_model(), config.chat, overlap=loader.overlap)
+        model = loader.wait(builder)
+        timeline["model_ready"] = time.monotonic()
+        if builder.chat is not None:
+            stop_at_end_of_turn(model, builder.chat[0])
+        identity = Identity.of(model.fingerprint, tasks, config.limit, chat_identity(*builder.chat) if builder.chat else None)
+        run_dir, manifest, store = claim_run_dir(config, d, stack, explicit, identity, model, sandbox)
+        items = infer_all(model, builder, store, d, run_dir, timeline)
+        if not d.main:
+            parallel.finish(d)
+            return run_dir.path, None
+        if d.active:  # every replica's file, merged
+            store = ResponseStore(d.responses_file(run_dir.path), identity.model, identity.tasks, identity.compute)
+        out = score_and_report(run_dir, tasks, items, store, manifest, config.limit, started)
+        print_summary(config, model, loader.shape, timeline, time.monotonic() - started)
+        parallel.finish(d)
+        return run_dir.path, out
+
+
+# ----------------------------------------------------------------------------- 1 load
+
+
+def open_sandbox(config: RunConfig, main: bool = True):
+    """The Sandbox for the run's code tasks (self-checked), or None when no task runs code or on a
+    rank that does not score. Raises EvalError when isolation is unavailable and unsafe exec not allowed."""
+    if not main or not any(needs_sandbox(get_task_class(s.name)) for s in config.tasks):
+        return None
+    return make_sandbox_for(config.sandbox_mode)
+
+
+def make_sandbox_for(mode: str):
+    """A self-checked Sandbox in `mode` ("auto" or "unsafe"); EvalError when isolation is unavailable."""
+    from .sandbox import Sandbox, SandboxUnavailable
+
+    try:
+        sandbox = Sandbox(mode=mode)
+        sandbox.self_check()
+    except SandboxUnavailable as exc:
+        raise EvalError(f"refusing to run model-written code: {exc} (install bubblewrap, or pass --allow-unsafe-exec to run it with rlimits only)") from None
+    return sandbox
+
+
+def make_tasks(config: RunConfig, sandbox) -> list[Task]:
+    """The Tasks of the config; a task that runs code receives the sandbox in its constructor."""
+    return [make_task(s, config.data_dir, **({"sandbox": sandbox} if needs_sandbox(get_task_class(s.name)) else {}))
+            for s in config.tasks]
+
+
+def load_samples(tasks: list[Task], limit) -> dict[str, list]:
+    """Each task's evaluated samples (`limit` applied), and its few-shot files read (so the data
+    revision in the identity covers them); progress per task."""
+    samples = {}
+    with progress(len(tasks), "load data", "task", brief=True) as bar:
+        for t in tasks:
+            samples[t.name] = t.samples(limit)
+            read_fewshot(t, samples[t.name])
+            bar.update(1)
+    return samples
+
+
+def read_fewshot(task: Task, samples: Sequence) -> None:
+    """Read (and hash) the few-shot files, as building the prompts does."""
+    for sample in samples:
+        task.fewshot(sample)
+
+
+def known_fingerprint(config: RunConfig, model, d) -> dict | None:
+    """The model's fingerprint from its files, where that needs no loaded model (runner.model_identity)."""
+    if model is not None:
+        return model.fingerprint
+    if d.active:
+        return None
+    from .runner import model_identity
+
+    return model_identity(config.model, **config.load_args())
+
+
+def may_be_finished(config: RunConfig, known: dict | None) -> bool:
+    """Whether a finished run of this command can exist (so the weights must not load before that is
+    checked): a known fingerprint and a run dir with a plan where this command's would be."""
+    if known is None or config.chat_on:
+        return False
+    if config.output_dir:
+        return Path(config.output_dir, "plan.jsonl").is_file()
+    return any(Path("results", "runs", slug(known["model"])).glob("*/plan.jsonl"))
+
+
+def import_model_libraries(spec: str) -> None:
+    """Import torch and the transformers classes loading uses, completely, in one thread: transformers
+    resolves its names lazily, and two threads doing that at once can see a half-made module."""
+    if spec.startswith("fake:"):
+        return
+    import torch  # noqa: F401
+    import transformers
+
+    for name in ("AutoTokenizer", "AutoConfig", "AutoModelForCausalLM", "LlamaConfig", "PreTrainedTokenizerFast"):
+        getattr(transformers, name, None)
+
+
+class ModelLoader:
+    """The model, loaded in a thread where that is safe (one process; the loaders release the GIL in
+    file reads and tensor ops) while the data loads and the requests build with the tokenizer alone
+    (runner/dry.py: the same tokenisation as the loaded model's). Under torchrun it loads in the
+    main thread (its collectives must run in one order on every rank)."""
+
+    def __init__(self, config: RunConfig, d, model=None):
+        self.config, self.d, self.given = config, d, model
+        self.started = model is not None
+        self.overlap = False  # whether the builder may run beside inference (separate tokenizers)
+        self._thread: threading.Thread | None = None
+        self._result: Any = model
+        self._error: BaseException | None = None
+        self._dry = None
+        self.imported = threading.Event()  # set once the loader thread has imported torch and transformers
+
+    def start(self) -> None:
+        """Begin loading (once); in a thread unless under torchrun."""
+        if self.started:
+            return
+        self.started = True
+        if self.d.active:
+            return  # loaded in wait(), in the main thread
+        self._thread = threading.Thread(target=self._load, name="load model", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> None:
+        try:
+            try:
+                import_model_libraries(self.config.model)
+            finally:
+                self.imported.set()
+            self._result = self._load_now()
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the main thread by wait()
+            self._error = exc
+
+    def _load_now(self):
+        from .runner import load_model
+
+        c = self.config
+        return load_model(c.model, batch_size=c.batch_size, prefix_cache=c.prefix_cache, **c.load_args(),
+                          **({"dist": self.d} if self.d.active else {}))
+
+    def tokenizer_model(self):
+        """What builds the requests: the given model, or (while the weights load in a thread) the
+        weightless DryModel of the spec; under torchrun the loaded model itself."""
+        if self.given is not None:
+            return self.given
+        from .runner.served import is_served
+
+        if self._thread is None or is_served(self.config.model):  # served: nothing to overlap, no dry model
+            return self.wait()
+        self.imported.wait()  # transformers' lazy imports are not safe from two threads at once
+        if self._error is not None:
+            raise self._error
+        from .runner.dry import DryModel
+
+        self._dry = DryModel.load(self.config.model, **self.config.load_args())
+        self.overlap = True
+        return self._dry
+
+    @property
+    def shape(self):
+        """The architecture's Shape where the dry model read one (for FLOPs), else None."""
+        return getattr(self._dry, "shape", None)
+
+    def wait(self, builder: "Builder | None" = None):
+        """The loaded model (raises what loading raised); a `builder` that fails meanwhile raises its
+        error at once (bad input is reported before the weights finish loading)."""
+        if self._thread is None and self._result is None:
+            self._result = self._load_now()
+        while self._thread is not None and self._thread.is_alive():
+            self._thread.join(0.1)
+            if builder is not None and builder.error is not None:
+                raise builder.error
+        self._thread = None
+        if self._error is not None:
+            raise self._error
+        model = self._result
+        if self.d.active and hasattr(model, "report_progress"):
+            model.report_progress = False  # rank 0 reports the whole job instead (parallel.JobProgress)
+        return model
+
+
+# ----------------------------------------------------------------------------- 2 build
+
+
+class Builder:
+    """Prepared items per task, in task order. With `overlap` (the builder's tokenizer is not the
+    inference model's), a thread builds task N+1 while task N is inferred; otherwise every task is
+    built before inference starts (one tokenizer is not shared between threads). Progress counts
+    items; a task is built one subset at a time (the shared prefix is marked per subset, so this
+    equals one call per task). `chat` is the (ChatTemplate, ChatOptions) pair, or None."""
+
+    def __init__(self, tasks: list[Task], samples: dict, model, chat_options, overlap: bool = False):
+        self.tasks, self.samples, self.model = tasks, samples, model
+        self.chat = chat_template_of(model, chat_options)
+        self.built: dict[str, list[Prepared]] = {}
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue()
+        self._bar = progress(sum(len(v) for v in samples.values()), "build", "item", brief=True)
+        if overlap:
+            threading.Thread(target=self._build_all, name="build", daemon=True).start()
+        else:
+            self._build_all()
+            if self.error is not None:
+                raise self.error
+
+    def _build_all(self) -> None:
+        try:
+            for t in self.tasks:
+                self._queue.put((t, self.build_task(t)))
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the main thread by tasks_in_order()
+            self.error = exc
+            self._queue.put((None, exc))
+        finally:
+            self._bar.close()
+
+    def build_task(self, task: Task) -> list[Prepared]:
+        items: list[Prepared] = []
+        by_subset: dict[str, list] = {}
+        for s in self.samples[task.name]:
+            by_subset.setdefault(s.subset, []).append(s)
+        for group in by_subset.values():
+            items.extend(build(task, group, self.model, self.chat))
+            self._bar.update(len(group))
+        return items
+
+    def tasks_in_order(self):
+        """(task, items) as each task is built; raises what building raised."""
+        for _ in self.tasks:
+            task, items = self._queue.get()
+            if task is None:
+                raise items
+            self.built[task.name] = items
+            yield task, items
+
+
+def chat_template_of(model, options):
+    """(ChatTemplate, ChatOptions) for --apply-chat-template, or None."""
+    if options is None or not options.enabled:
+        return None
+    from .chat import ChatTemplate
+
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise EvalError(f"--apply-chat-template: model {model.name} has no tokenizer with a chat template")
+    return ChatTemplate(tokenizer, model.name, options.template), options
+
+
+def stop_at_end_of_turn(model, template) -> None:
+    """Generation ends at the template's end-of-turn tokens too."""
+    if hasattr(model, "stop_at_tokens"):
+        model.stop_at_tokens(template.end_of_turn_ids())
+
+
+def chat_template(model, options):
+    """(ChatTemplate, ChatOptions) for --apply-chat-template, or None; the model stops generating
+    at the template's end-of-turn tokens too."""
+    chat = chat_template_of(model, options)
     if chat is not None:
-        from . import chat as chat_mod
-
-        items = [chat_mod.apply(task, item, *chat) for item in items]
-    if model is not None and getattr(task, "formulation", None) == "letters":
-        check_letter_tokens(task, items, model)
-    return mark_shared_prefixes(items)
+        stop_at_end_of_turn(model, chat[0])
+    return chat
 
 
-def check_letter_tokens(task: Task, items: Sequence[Prepared], model) -> None:
-    """Letter scoring reads one next-token log-prob per answer: refuse a tokenizer that makes an
-    answer letter more (or less) than one token after the prompt before any model work, not after
-    it (checked on the first item of each subset; scoring checks every response again)."""
-    seen: set[str] = set()
-    for item in items:
-        if item.sample.subset in seen:
-            continue
-        seen.add(item.sample.subset)
-        for req in item.requests:
-            n = model.count_tokens(req.context + req.continuation) - model.count_tokens(req.context)
-            if n != 1:
-                raise EvalError(f"{task.name}: request {req.key}: the answer {req.continuation!r} is {n} tokens after the prompt "
-                                f"for the tokenizer of {model.name}; letter scoring needs exactly one")
+def chat_identity(template, options) -> dict:
+    return {**template.identity(), "system_instruction": options.system_instruction, "fewshot_as_multiturn": options.fewshot_as_multiturn}
 
 
-def mark_shared_prefixes(items: list[Prepared]) -> list[Prepared]:
-    """Tell the runner which leading text the prompts of one subset share (the k-shot block), so it
-    can compute it once."""
-    by_subset: dict[str, list[Prepared]] = {}
-    for item in items:
-        by_subset.setdefault(item.sample.subset, []).append(item)
-    for group in by_subset.values():
-        if len(group) < 2:
-            continue
-        shared = os.path.commonprefix([g.prompt for g in group])
-        if not shared:
-            continue
-        for item in group:
-            item.requests = [dataclasses.replace(r, shared_prefix=shared) for r in item.requests]
-    return items
+def chat_summary(chat: dict | None) -> str:
+    """One note line for a chat-templated run (the report's provenance column)."""
+    if not chat:
+        return ""
+    parts = [f"chat template {chat['name']} (sha256 {chat['hash']})"]
+    if chat.get("fewshot_as_multiturn"):
+        parts.append("shots as turns")
+    if chat.get("system_instruction"):
+        parts.append(f"system instruction {chat['system_instruction'][:40]!r}")
+    return ", ".join(parts)
 
 
-def infer(model, items: Sequence[Prepared], store: ResponseStore, dist=None) -> None:
-    """Ask the model for every request not already stored; each batch is stored as it finishes.
-    Under torchrun (`dist`, parallel.Dist) this replica computes only its shard of what is left, and
-    rank 0 shows the progress of the whole job until every rank has finished (parallel.py)."""
+def plan_row(task: str, item: Prepared) -> dict:
+    return {"task": task, "id": item.sample.id, "prompt": item.prompt,
+            "shots": item.shots, "requests": [{"kind": type(r).__name__, **dataclasses.asdict(r)} for r in item.requests]}
+
+
+def write_plan(run_path: Path, tasks: list[Task], items: dict[str, list[Prepared]]) -> None:
+    """plan.jsonl: every item's prompt, shots and requests (so `score` needs no model)."""
+    write_jsonl(run_path / "plan.jsonl", (plan_row(t.name, i) for t in tasks for i in items[t.name]))
+
+
+class PlanWriter:
+    """plan.jsonl written task by task, each task's rows before its inference starts (so `score`
+    of an interrupted run names what is missing): the first task's by an atomic write that replaces
+    an earlier run's plan, the next ones appended (results.append_jsonl)."""
+
+    def __init__(self, run_path: Path):
+        self.path = run_path / "plan.jsonl"
+        self.started = False
+
+    def add(self, task: str, items: Sequence[Prepared]) -> None:
+        rows = (plan_row(task, i) for i in items)
+        if self.started:
+            append_jsonl(self.path, rows)
+        else:
+            write_jsonl(self.path, rows)
+            self.started = True
+
+
+# ----------------------------------------------------------------------------- the run dir
+
+
+def lock_explicit_dir(config: RunConfig, d, stack, known: dict | None, tasks: list[Task]):
+    """An explicit --output-dir is locked, and its config checked, before the model loads (rank 0
+    holds the lock for the whole job; the other ranks write only their own files)."""
+    from . import parallel
+
+    run_dir, error = None, None
+    if config.output_dir:
+        try:
+            run_dir = stack.enter_context(RunDir(Path(config.output_dir), lock=d.main))
+            if d.main:
+                run_dir.check(partial_identity(config, known, tasks), partial=True)
+        except EvalError as exc:
+            error = exc
+    parallel.agree(d, error)  # every rank stops here if rank 0 could not take the run dir
+    return run_dir
+
+
+def partial_identity(config: RunConfig, known: dict | None, tasks: list[Task]) -> dict:
+    """What of the identity is known before the data is read (and, for `known` None, the model loaded)."""
+    return {"tasks": {t.name: task_identity(t, data=False) for t in tasks}, "limit": config.limit, **({"model": known} if known else {})}
+
+
+def manifest_of(config: RunConfig, identity: Identity, model, sandbox) -> dict:
+    """config.json: the identity (what a resume compares) and what else describes the run."""
+    from .registry import included_paths
+
+    manifest = {
+        "identity": identity.to_dict(),
+        "model": {"name": model.name, **model.fingerprint},
+        "model_args": dict(config.model_args or {}),
+        "tasks": [s.to_dict() for s in config.tasks],
+        "data_dir": config.data_location(),
+        "limit": config.limit,
+        "sandbox": sandbox.mode if sandbox else None,
+        "xverse_eval_version": __version__,
+        "git_sha": git_sha(),
+        "command": config.command,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if identity.chat is not None:
+        manifest["chat"] = identity.chat
+    if included_paths():
+        manifest["include_paths"] = included_paths()
+    return manifest
+
+
+def claim_run_dir(config: RunConfig, d, stack, run_dir, identity: Identity, model, sandbox):
+    """(RunDir, manifest as stored, ResponseStore): the default run dir locked, the manifest written
+    or matched (a compute change noted, identity.py), the stored responses read."""
+    from . import parallel
+
+    manifest, store, error = None, None, None
+    try:
+        if run_dir is None:
+            run_dir = stack.enter_context(RunDir(identity.run_dir(None, model.name), lock=d.main))
+        if d.main:  # only rank 0 writes the run's files; the others read what is stored
+            changed = run_dir.claim(manifest_of(config, identity, model, sandbox))
+            if changed:
+                say(f"{run_dir.path}: its responses were computed by other code and are ignored (kept in the file), "
+                    f"computing them again; compute changed: {'; '.join(changed)}")
+            manifest = run_dir.manifest()
+        store = ResponseStore(d.responses_file(run_dir.path), identity.model, identity.tasks, identity.compute)
+    except EvalError as exc:
+        error = exc
+    parallel.agree(d, error)  # every rank has read the stored responses before any rank appends
+    return run_dir, manifest, store
+
+
+# ----------------------------------------------------------------------------- 3 infer
+
+
+def todo_of(items: Sequence[Prepared], store: ResponseStore) -> dict[type, list[Request]]:
+    """The requests of `items` with no stored response, each once, by kind."""
     todo: dict[type, list[Request]] = {LoglikelihoodRequest: [], GenerateRequest: []}
     seen = set()
     for item in items:
@@ -135,15 +604,54 @@ def infer(model, items: Sequence[Prepared], store: ResponseStore, dist=None) -> 
             if k not in store.done and k not in seen:
                 seen.add(k)
                 todo[type(req)].append(req)
-    done = sum(len(i.requests) for i in items) - sum(len(v) for v in todo.values())
+    return todo
+
+
+def infer_all(model, builder: Builder, store: ResponseStore, d, run_dir: RunDir, timeline: dict | None = None) -> dict[str, list[Prepared]]:
+    """Each task's missing requests, as soon as the task is built and its plan rows are written
+    (under torchrun: all tasks' together, sharded). `timeline` gets "first_request" (monotonic
+    seconds) when the model is first asked. Returns task -> items."""
+    timeline = timeline if timeline is not None else {}
+    plan = PlanWriter(run_dir.path) if d.main else None
+    if d.active:
+        pairs = list(builder.tasks_in_order())
+        if plan:
+            write_plan(run_dir.path, builder.tasks, builder.built)
+        timeline.setdefault("first_request", time.monotonic())
+        infer(model, [i for _, items in pairs for i in items], store, d)
+        return builder.built
+    reused = left = 0
+    for task, items in builder.tasks_in_order():
+        plan.add(task.name, items)
+        if "first_request" not in timeline:
+            timeline["first_request"] = time.monotonic()
+            if "started" in timeline:  # benchmarks/startup.py reads this line (--verbosity INFO)
+                log.info("first request reaches the model %.1f s after the command started", timeline["first_request"] - timeline["started"])
+        r, n = infer(model, items, store, label=task.name)
+        reused, left = reused + r, left + n
+    if reused:
+        say(f"resumed: {reused} responses reused from {store.path.parent}, {left} computed")
+    return builder.built
+
+
+def infer(model, items: Sequence[Prepared], store: ResponseStore, dist=None, label: str | None = None) -> tuple[int, int]:
+    """Ask the model for every request not already stored; each batch is stored as it finishes.
+    Under torchrun (`dist`, parallel.Dist) this replica computes only its shard of what is left, and
+    rank 0 shows the progress of the whole job until every rank has finished (parallel.py).
+    Returns (responses reused, requests left to compute)."""
+    todo = todo_of(items, store)
+    left = sum(len(v) for v in todo.values())
+    done = sum(len(i.requests) for i in items) - left
     if done:
-        log.info("resuming: %d responses already stored, %d to go", done, sum(len(v) for v in todo.values()))
+        say(f"{label + ': ' if label else ''}resuming: {done} responses already stored, {left} to compute")
     if dist is not None and dist.active:
-        return infer_shard(model, todo, store, dist)
+        infer_shard(model, todo, store, dist)
+        return done, left
     if todo[LoglikelihoodRequest]:
         model.loglikelihood(todo[LoglikelihoodRequest], on_done=store.append)
     if todo[GenerateRequest]:
         model.generate(todo[GenerateRequest], on_done=store.append)
+    return done, left
 
 
 def infer_shard(model, todo: dict[type, list[Request]], store: ResponseStore, dist) -> None:
@@ -166,6 +674,9 @@ def infer_shard(model, todo: dict[type, list[Request]], store: ResponseStore, di
     parallel.wait_all(dist, job)
 
 
+# ----------------------------------------------------------------------------- 4-5 score, report
+
+
 def collect(items: Sequence[Prepared], store: ResponseStore, task: str):
     responses = [[store.get(r) for r in i.requests] for i in items]
     missing = [r.key for i, resp in zip(items, responses) for r, x in zip(i.requests, resp) if x is None]
@@ -175,19 +686,21 @@ def collect(items: Sequence[Prepared], store: ResponseStore, task: str):
     return responses
 
 
-def score_and_report(run: RunDir, tasks: list[Task], items: dict[str, list[Prepared]], store: ResponseStore, manifest: dict, limit: int | None,
+def score_and_report(run: RunDir, tasks: list[Task], items: dict[str, list[Prepared]], store: ResponseStore, manifest: dict, limit,
                      started: float | None = None) -> dict:
+    """Records (samples/<task>.jsonl), TaskResults, results.json and report.md; returns our block."""
     chat_note = chat_summary(manifest.get("chat"))
     results = {}
     responses_of = {task.name: collect(items[task.name], store, task.name) for task in tasks}  # all present, or no metrics
-    for task in tasks:
-        fault("score")
-        responses = responses_of[task.name]
-        records = task.score_all(items[task.name], responses)
-        write_jsonl(run.path / "samples" / f"{task.name}.jsonl", (r.to_dict() for r in records))
-        results[task.name] = task.aggregate(records, limit).to_dict()
-        if chat_note:  # the provenance table shows notes: a chat-templated number says so beside itself
-            results[task.name]["notes"] = [*results[task.name]["notes"], chat_note]
+    with progress(len(tasks), "score", "task", brief=True) as bar:
+        for task in tasks:
+            fault("score")
+            records = task.score_all(items[task.name], responses_of[task.name])
+            write_jsonl(run.path / "samples" / f"{task.name}.jsonl", (r.to_dict() for r in records))
+            results[task.name] = task.aggregate(records, limit).to_dict()
+            if chat_note:  # the provenance table shows notes: a chat-templated number says so beside itself
+                results[task.name]["notes"] = [*results[task.name]["notes"], chat_note]
+            bar.update(1)
     out = {  # our record of the run; results.json holds it under "xverse_eval", beside lm-eval's layout
         "schema_version": report.SCHEMA,
         "status": "partial" if limit else "complete",
@@ -202,7 +715,7 @@ def score_and_report(run: RunDir, tasks: list[Task], items: dict[str, list[Prepa
     return out
 
 
-def full_size(task: Task, limit: int | None, effective: int) -> int:
+def full_size(task: Task, limit, effective: int) -> int:
     """Items of the evaluated split of the task's subsets without --limit (lm-eval's n-samples
     "original"); the effective count where the split cannot be read again."""
     if not limit:
@@ -213,7 +726,85 @@ def full_size(task: Task, limit: int | None, effective: int) -> int:
         return effective
 
 
-# ----------------------------------------------------------------------------- run
+def print_summary(config: RunConfig, model, shape, timeline: dict, wall: float) -> None:
+    """After a real run, one line: when the model got its first request, what it computed (requests,
+    tokens after prefix sharing, generated), the FLOPs of those tokens, the achieved TFLOP/s over the
+    wall time and the MFU against the device's peak (runner/dry.py)."""
+    from .runner import dry
+
+    parts = []
+    if "first_request" in timeline:
+        parts.append(f"first request {timeline['first_request'] - timeline['started']:.1f} s after the command started")
+    counters = getattr(model, "counters", None)
+    work = counters() if counters is not None else None
+    shape = shape or shape_of_loaded(model)
+    if work is not None and work.requests:
+        text = f"computed {work.requests:,} requests, {work.computed_tokens:,} tokens after prefix sharing"
+        if work.generated_tokens:
+            text += f", {work.generated_tokens:,} generated"
+        parts.append(text)
+        if shape is not None:
+            flops = shape.flops_per_token(0) * (work.computed_tokens + work.generated_tokens)
+            achieved = flops / wall / 1e12 if wall > 0 else 0.0
+            text = f"{flops / 1e12:,.1f} TFLOP (matmuls) in {wall:.0f} s = {achieved:.2f} TFLOP/s"
+            peak = dry.peak_tflops(dry.device_name(config.device), config.peak_tflops)
+            if peak:
+                text += f", MFU {100 * achieved / peak:.1f}% of {peak:g} (floor {flops / (peak * 1e12):.1f} s)"
+            parts.append(text)
+    if parts:
+        say("summary: " + "; ".join(parts))
+
+
+def shape_of_loaded(model):
+    """The Shape of a loaded transformers model (its config), or None."""
+    config = getattr(getattr(model, "model", None), "config", None)
+    if config is None:
+        return None
+    try:
+        from .runner.shape import Shape
+
+        return Shape.of(config)
+    except EvalError:
+        return None
+
+
+# ----------------------------------------------------------------------------- the resume shortcut
+
+
+def finished_run(config: RunConfig, fingerprint: dict, tasks: list[Task], samples: dict) -> tuple[Path, dict] | None:
+    """(run dir, results) when the run this command names already holds every response: the run dir
+    found from the identity (identity.py; the model's `fingerprint` from its files), the stored
+    responses re-scored as `score` does -- no model load. None when anything is left to compute, the
+    run dir holds another config or responses of other code (the caller then runs as usual).
+    Reads without the run dir's lock, so it never cuts a file: a torn last line may be another
+    process's write in flight."""
+    from .identity import compute_changes
+    from .results import read_json_file, read_jsonl_tolerant
+
+    identity = Identity.of(fingerprint, tasks, config.limit)
+    path = identity.run_dir(config.output_dir, fingerprint["model"])
+    manifest_path = path / "config.json"
+    if not manifest_path.is_file() or not (path / "plan.jsonl").is_file() or RunDir(path).differences(identity.to_dict()):
+        return None
+    stored = read_json_file(manifest_path)
+    if stored.get("data_dir") != config.data_location():
+        return None  # `score` reads the data from where the run did: let the full path handle a move
+    if compute_changes(stored.get("identity", {}), identity.to_dict()):
+        return None  # computed by other code: the full path says what changed and recomputes
+    plan = {(row["task"], row["id"]): row for row in read_jsonl_tolerant(path / "plan.jsonl", truncate=False)}
+    store = ResponseStore(path / "responses.jsonl", identity.model, identity.tasks, identity.compute, repair=False)
+    total = 0
+    for t in tasks:
+        for sample in samples[t.name]:
+            row = plan.get((t.name, sample.id))
+            if row is None or any(store.get(request_from_dict(r)) is None for r in row["requests"]):
+                return None
+            total += len(row["requests"])
+    say(f"resumed: all {total} responses are stored in {path}; re-scoring them without loading the model, 0 left to compute")
+    return path, score_run(str(path), config.sandbox_mode)
+
+
+# ----------------------------------------------------------------------------- provenance
 
 
 def git_sha() -> str | None:
@@ -224,199 +815,7 @@ def git_sha() -> str | None:
         return None
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text.strip("/"))[-80:]
-
-
-def make_sandbox(tasks: list[Task], mode: str):
-    if not any(is_code_task(t) for t in tasks):
-        return None
-    from .sandbox import Sandbox, SandboxUnavailable
-
-    try:
-        sandbox = Sandbox(mode=mode)
-        sandbox.self_check()
-    except SandboxUnavailable as exc:
-        raise EvalError(f"refusing to run model-written code: {exc} (install bubblewrap, or pass --allow-unsafe-exec to run it with rlimits only)") from None
-    return sandbox
-
-
-def run(model_spec: str, task_specs: list[TaskSpec], data_dir: str | None = None, limit: int | None = None,
-        output_dir: str | None = None, batch_size: str | int = "auto", device: str | None = None, dtype: str = "auto",
-        revision: str | None = None, sandbox_mode: str = "auto", command: str = "", model=None, prefix_cache: bool = True,
-        chat_options=None, tp_size: int = 1, dist=None, model_args: dict | None = None,
-        trust_remote_code: bool = False) -> tuple[Path, dict | None]:
-    """The whole pipeline; returns the run dir and results.json's content. Under torchrun every rank
-    calls it: ranks other than 0 return (run dir, None) once their shard is stored (parallel.py)."""
-    from . import parallel
-
-    started = time.monotonic()  # lm-eval's total_evaluation_time_seconds
-    if limit is not None and limit <= 0:
-        raise EvalError(f"--limit must be a positive number, got {limit}")
-    if chat_options is not None:
-        chat_options.check()
-    # 1 load: bad data fails here, before a model is loaded
-    tasks = [make_task(s, data_dir) for s in task_specs]
-    samples = {t.name: t.samples(limit) for t in tasks}
-    d = dist or parallel.setup(tp_size, device)
-    sandbox = make_sandbox(tasks, sandbox_mode) if d.main else None  # only rank 0 scores
-    for t in tasks:
-        t.options["sandbox"] = sandbox
-    load_args = dict(device=device, dtype=dtype, revision=revision, model_args=model_args, trust_remote_code=trust_remote_code)
-    known = None  # the model's fingerprint from its files, where that needs no loaded model
-    if model is None and not d.active:
-        from .runner import model_identity
-
-        known = model_identity(model_spec, **load_args)
-    if known is not None and not (chat_options is not None and chat_options.enabled):
-        finished = finished_run(known, tasks, samples, limit, output_dir, data_dir, sandbox_mode)
-        if finished is not None:  # a resume with nothing left to compute: the model is not loaded
-            return finished
-    with contextlib.ExitStack() as stack:
-        run_dir, error = None, None
-        if output_dir:  # an explicit run dir: lock it and check its config before the model loads
-            try:  # rank 0 holds the lock for the whole job; the other ranks write only their own files
-                run_dir = stack.enter_context(RunDir(Path(output_dir), lock=d.main))
-                if d.main:
-                    run_dir.check({"tasks": {t.name: task_identity(t, data=False) for t in tasks}, "limit": limit,
-                                   **({"model": known} if known else {})}, partial=True)
-            except EvalError as exc:
-                error = exc
-        parallel.agree(d, error)  # every rank stops here if rank 0 could not take the run dir
-        if model is None:
-            from .runner import load_model
-
-            model = load_model(model_spec, batch_size=batch_size, prefix_cache=prefix_cache, **load_args,
-                               **({"dist": d} if d.active else {}))
-        if d.active and hasattr(model, "report_progress"):
-            model.report_progress = False  # rank 0 reports the whole job instead (parallel.JobProgress)
-        # 2 build
-        chat = chat_template(model, chat_options)
-        items = {t.name: build(t, samples[t.name], model, chat) for t in tasks}
-        identity = {
-            "model": model.fingerprint,
-            "tasks": {t.name: task_identity(t) for t in tasks},
-            "limit": limit,
-        }
-        if chat is not None:  # only when asked: the identity (and run dir) of a plain run stays as it was
-            identity["chat"] = chat_identity(*chat)
-        manifest = {
-            "identity": identity,
-            "model": {"name": model.name, **model.fingerprint},
-            "tasks": [s.to_dict() for s in task_specs],
-            "data_dir": str(Path(data_dir).resolve()) if data_dir else os.environ.get("XVERSE_EVAL_DATA"),
-            "limit": limit,
-            "sandbox": sandbox.mode if sandbox else None,
-            "xverse_eval_version": __version__,
-            "git_sha": git_sha(),
-            "command": command,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
-        if chat is not None:
-            manifest["chat"] = identity["chat"]
-        from .registry import included_paths
-
-        if included_paths():
-            manifest["include_paths"] = included_paths()
-        try:
-            if run_dir is None:
-                run_dir = stack.enter_context(RunDir(Path("results") / "runs" / slug(model.name) / digest(identity)[:12], lock=d.main))
-            if d.main:  # only rank 0 writes the run's files; the others read what is stored
-                run_dir.claim(manifest)
-                manifest = run_dir.manifest()
-                write_jsonl(run_dir.path / "plan.jsonl", (plan_row(t.name, i) for t in tasks for i in items[t.name]))
-            store = ResponseStore(d.responses_file(run_dir.path), identity["model"], identity["tasks"])
-        except EvalError as exc:
-            error = exc
-        parallel.agree(d, error)  # every rank has read the stored responses before any rank appends
-        # 3-4 infer, all tasks' requests together so the runner can batch across them
-        infer(model, [i for t in tasks for i in items[t.name]], store, d)
-        if not d.main:
-            parallel.finish(d)
-            return run_dir.path, None
-        if d.active:  # every replica's file, merged
-            store = ResponseStore(d.responses_file(run_dir.path), identity["model"], identity["tasks"])
-        # 5-7 score, aggregate, report
-        out = score_and_report(run_dir, tasks, items, store, manifest, limit, started)
-        parallel.finish(d)
-        return run_dir.path, out
-
-
-def finished_run(fingerprint: dict, tasks: list[Task], samples: dict, limit: int | None, output_dir: str | None, data_dir: str | None,
-                 sandbox_mode: str) -> tuple[Path, dict] | None:
-    """(run dir, results) when the run this command names already holds every response: with the
-    model's `fingerprint` computed from its files (runner.model_identity), the run dir is found from
-    it and the stored responses are re-scored as `score` does -- no model load. None when anything is
-    left to compute or the run dir holds another config (the caller then runs as usual)."""
-    from .results import read_json_file, read_jsonl_tolerant
-
-    for t in tasks:
-        for sample in samples[t.name]:
-            t.fewshot(sample)  # read (and hash) the few-shot files, as building the prompts does
-    identity = {"model": fingerprint, "tasks": {t.name: task_identity(t) for t in tasks}, "limit": limit}
-    path = Path(output_dir) if output_dir else Path("results") / "runs" / slug(fingerprint["model"]) / digest(identity)[:12]
-    config = path / "config.json"
-    if not config.is_file() or not (path / "plan.jsonl").is_file() or RunDir(path).differences(identity):
-        return None
-    stored_data = read_json_file(config).get("data_dir")
-    if stored_data != (str(Path(data_dir).resolve()) if data_dir else os.environ.get("XVERSE_EVAL_DATA")):
-        return None  # `score` reads the data from where the run did: let the full path handle a move
-    plan = {(row["task"], row["id"]): row for row in read_jsonl_tolerant(path / "plan.jsonl")}
-    store = ResponseStore(path / "responses.jsonl", identity["model"], identity["tasks"])
-    for t in tasks:
-        for sample in samples[t.name]:
-            row = plan.get((t.name, sample.id))
-            if row is None or any(store.get(request_from_dict(r)) is None for r in row["requests"]):
-                return None
-    log.info("%s: every response is stored; re-scoring without loading the model", path)
-    return path, score_run(str(path), sandbox_mode)
-
-
-def chat_template(model, options):
-    """(ChatTemplate, ChatOptions) for --apply-chat-template, or None; the model stops generating
-    at the template's end-of-turn tokens too."""
-    if options is None or not options.enabled:
-        return None
-    from .chat import ChatTemplate
-
-    tokenizer = getattr(model, "tokenizer", None)
-    if tokenizer is None:
-        raise EvalError(f"--apply-chat-template: model {model.name} has no tokenizer with a chat template")
-    template = ChatTemplate(tokenizer, model.name, options.template)
-    if hasattr(model, "stop_at_tokens"):
-        model.stop_at_tokens(template.end_of_turn_ids())
-    return template, options
-
-
-def chat_identity(template, options) -> dict:
-    return {**template.identity(), "system_instruction": options.system_instruction, "fewshot_as_multiturn": options.fewshot_as_multiturn}
-
-
-def chat_summary(chat: dict | None) -> str:
-    """One note line for a chat-templated run (the report's provenance column)."""
-    if not chat:
-        return ""
-    parts = [f"chat template {chat['name']} (sha256 {chat['hash']})"]
-    if chat.get("fewshot_as_multiturn"):
-        parts.append("shots as turns")
-    if chat.get("system_instruction"):
-        parts.append(f"system instruction {chat['system_instruction'][:40]!r}")
-    return ", ".join(parts)
-
-
-def task_identity(t: Task, data: bool = True) -> dict:
-    """What of a task determines its responses and scores (`data=False`: what is known before the
-    few-shot files are read)."""
-    out = {"version": t.version, "variant": t.variant, "subsets": t.subsets if t.subsets != t.all_subsets() else "all",
-           "prompt_hash": t.prompt_hash, "shots": t.shots}
-    if data:
-        out["data_revision"] = t.data.revision()
-    return out
-
-
-def plan_row(task: str, item: Prepared) -> dict:
-    return {"task": task, "id": item.sample.id, "prompt": item.prompt,
-            "shots": item.shots, "requests": [{"kind": type(r).__name__, **dataclasses.asdict(r)} for r in item.requests]}
+# ----------------------------------------------------------------------------- score, from a run dir
 
 
 def score_run(run_path: str, sandbox_mode: str = "auto") -> dict:
@@ -431,12 +830,12 @@ def score_run(run_path: str, sandbox_mode: str = "auto") -> dict:
             from .registry import include_path
 
             include_path(folder)
-        tasks = [make_task(s, manifest.get("data_dir")) for s in specs]
-        sandbox = make_sandbox(tasks, sandbox_mode)
+        sandbox = make_sandbox_for(sandbox_mode) if any(needs_sandbox(get_task_class(s.name)) for s in specs) else None
+        tasks = [make_task(s, manifest.get("data_dir"), **({"sandbox": sandbox} if needs_sandbox(get_task_class(s.name)) else {}))
+                 for s in specs]
         plan = {(row["task"], row["id"]): row for row in read_jsonl_tolerant(run_dir.path / "plan.jsonl")}
         items = {}
         for t in tasks:
-            t.options["sandbox"] = sandbox
             items[t.name] = []
             for s in t.samples(manifest["limit"]):
                 row = plan.get((t.name, s.id))
@@ -448,7 +847,8 @@ def score_run(run_path: str, sandbox_mode: str = "auto") -> dict:
             stored = manifest["identity"].get("tasks", {}).get(t.name, {}).get("data_revision")
             if stored and t.data.revision() != stored:
                 raise EvalError(f"{run_path}: the {t.name} data changed since the run ({stored} -> {t.data.revision()}); re-run it instead of re-scoring")
-        store = ResponseStore(run_dir.path / "responses.jsonl", manifest["identity"]["model"], manifest["identity"].get("tasks"))
+        ident = manifest["identity"]
+        store = ResponseStore(run_dir.path / "responses.jsonl", ident["model"], ident.get("tasks"), ident.get("compute"))
         return score_and_report(run_dir, tasks, items, store, manifest, manifest["limit"], started)
 
 
@@ -457,3 +857,29 @@ def request_from_dict(data: dict) -> Request:
     if data.pop("kind") == "LoglikelihoodRequest":
         return LoglikelihoodRequest(**data)
     return GenerateRequest(**{**data, "stop": tuple(data.get("stop", ()))})
+
+
+# ----------------------------------------------------------------------------- --dry-run
+
+
+def dry_run(config: RunConfig, tasks: list[Task], started: float) -> tuple[Path, None]:
+    """Load the data, build and tokenise every request with the model's tokenizer alone (no weights),
+    write plan.jsonl where the run would, and print per task the requests, distinct tokens, tokens
+    after prefix sharing and the compute floor on the device (runner/dry.py). Returns (run dir, None)."""
+    from .runner.dry import DryModel
+
+    samples = load_samples(tasks, config.limit)
+    model = DryModel.load(config.model, **config.load_args())
+    builder = Builder(tasks, samples, model, config.chat)
+    for _ in builder.tasks_in_order():
+        pass
+    fingerprint = model.fingerprint or {"model": config.model, "backend": "dry"}
+    identity = Identity.of(fingerprint, tasks, config.limit, chat_identity(*builder.chat) if builder.chat else None)
+    path = identity.run_dir(config.output_dir, config.model)
+    with RunDir(path) as run_dir:
+        write_plan(run_dir.path, tasks, builder.built)
+    from .runner.dry import cost_table
+
+    print(cost_table(config, model, tasks, builder.built, started))
+    say(f"dry run: plan written to {path / 'plan.jsonl'}; no weights loaded")
+    return path, None

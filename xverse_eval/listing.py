@@ -11,6 +11,7 @@ import textwrap
 from typing import TYPE_CHECKING
 
 from .data import data_root
+from .paths import PACKAGE
 
 if TYPE_CHECKING:
     from .task import Task
@@ -42,6 +43,13 @@ def _subset_sizes(cls: type["Task"], data_dir: str) -> dict[str, int]:
     return {subset: len(task.load_split(subset, task.split)) for subset in task.all_subsets()}
 
 
+def protocol_page(task: str) -> str | None:
+    """`docs/benchmarks/<task>.md`, the page of a built-in benchmark's protocol decisions, where this
+    checkout has it (an installed wheel does not ship docs/); None otherwise."""
+    page = PACKAGE.parent / "docs" / "benchmarks" / f"{task}.md"
+    return str(page.relative_to(PACKAGE.parent)) if page.is_file() else None
+
+
 def describe_task(cls: type["Task"], data_dir: str | None = None, width: int = 100) -> str:
     """The text of `xverse-eval list TASK` (no trailing newline). Raises EvalError for a data dir
     that does not exist or data files that are missing or malformed."""
@@ -51,6 +59,9 @@ def describe_task(cls: type["Task"], data_dir: str | None = None, width: int = 1
              + f", metric {cls.metric}" + (f", {cls.formulation} scoring" if hasattr(cls, "formulation") else "")]
     if cls.source:
         lines += textwrap.wrap(f"source: {cls.source}", width, subsequent_indent="  ")
+    page = protocol_page(cls.name)
+    if page:
+        lines.append(f"protocol: {page}")
     lines += ["", f"variants (--tasks {cls.name}:variant=NAME):"]
     lines += _table(_variant_rows(cls))
     subsets = cls.all_subsets()

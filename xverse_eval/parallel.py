@@ -4,7 +4,9 @@
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 -m xverse_eval run ...
 
 torchrun starts one process per GPU and sets RANK / WORLD_SIZE / LOCAL_RANK; `setup` joins the process
-group (NCCL on CUDA, gloo on CPU) and pins each rank to cuda:LOCAL_RANK. Ranks form `world / tp`
+group (NCCL on CUDA, gloo on CPU) and pins each rank to cuda:LOCAL_RANK (with fewer processes than GPUs,
+to the first of its K = GPUs / processes consecutive GPUs, `Dist.gpus`, which a --device-map replica
+spreads over). Ranks form `world / tp`
 replicas of `tp` consecutive ranks each (a tensor-parallel group stays inside a node when tp divides
 the GPUs per node). Each replica takes a shard of the requests still to do (`shard`: balanced by
 tokens, shared-prefix groups kept whole unless one is larger than half a replica's fair part) and the
@@ -22,11 +24,9 @@ Only rank 0 locks the run dir (the other ranks are in the same job and write onl
 writes config.json, plan.jsonl and the results, and prints progress -- for the whole job, counting the
 lines the other replicas append to their files (`JobProgress`).
 
-Tensor parallel (`tensor_parallel`): Megatron-style sharding of a Llama-architecture decoder (XVERSE
-loads as Llama): q/k/v and gate/up projections split by output rows, o and down projections split by
-input columns followed by one all-reduce of their output; embeddings, norms and the LM head stay
-whole. Each rank then runs plain tensors (its heads and its slice of the MLP), so the scoring and
-generation paths run unchanged, with two all-reduces per layer.
+This module is the job only and imports nothing of runner/: the process's place in the job is
+plain data (dist.py: Dist), and tensor parallel -- sharded loading and the model's split over a TP
+group -- is the runner's (runner/tp.py).
 """
 from __future__ import annotations
 
@@ -35,12 +35,12 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 import torch
 
+from .dist import Dist
 from .errors import EvalError
 from .types import GenerateRequest, Request
 
@@ -50,48 +50,8 @@ log = logging.getLogger(__name__)
 # ----------------------------------------------------------------------------- the process group
 
 
-@dataclass
-class Dist:
-    """This process's place in the job. A run without torchrun is `Dist()`: rank 0 of 1."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    tp_size: int = 1
-    device: str | None = None  # cuda:LOCAL_RANK on GPUs; None: the run's --device
-    tp_group: Any = field(default=None, repr=False)  # torch.distributed group of this rank's TP replica
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def replicas(self) -> int:
-        return self.world_size // self.tp_size
-
-    @property
-    def replica(self) -> int:
-        return self.rank // self.tp_size
-
-    @property
-    def tp_rank(self) -> int:
-        return self.rank % self.tp_size
-
-    @property
-    def main(self) -> bool:
-        """Rank 0: locks the run dir, writes config/plan/results, prints progress, scores."""
-        return self.rank == 0
-
-    @property
-    def writer(self) -> bool:
-        """The first rank of a TP group stores the group's responses (all ranks of a group compute the same)."""
-        return self.tp_rank == 0
-
-    def responses_file(self, run_path: Path) -> Path:
-        return run_path / ("responses.jsonl" if not self.active else f"responses.rank{self.replica}.jsonl")
-
-
 def launched_by_torchrun() -> bool:
+    """Whether torchrun started this process (it sets RANK, WORLD_SIZE and LOCAL_RANK)."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
 
 
@@ -99,6 +59,16 @@ def timeout() -> datetime.timedelta:
     """How long a rank waits at a barrier for the slowest replica (XVERSE_EVAL_DIST_TIMEOUT, seconds;
     default a day: replicas may finish hours apart, and torchrun stops everyone if a rank dies)."""
     return datetime.timedelta(seconds=float(os.environ.get("XVERSE_EVAL_DIST_TIMEOUT", 86400)))
+
+
+def gpus_of(local_rank: int, local_world: int, visible: int) -> tuple[int, ...]:
+    """The GPUs of one process of a node: one each when torchrun starts a process per GPU; with fewer
+    processes than GPUs (N replicas of K GPUs for --device-map), K = visible // local_world
+    consecutive GPUs each. Raises EvalError when there are fewer GPUs than processes."""
+    if visible < local_world:
+        raise EvalError(f"torchrun started {local_world} processes on this node, which has {visible} GPUs: use at most {visible}")
+    k = visible // local_world
+    return tuple(range(local_rank * k, (local_rank + 1) * k))
 
 
 def setup(tp_size: int = 1, device: str | None = None) -> Dist:
@@ -118,9 +88,11 @@ def setup(tp_size: int = 1, device: str | None = None) -> Dist:
     if world % tp_size:
         raise EvalError(f"--tp-size {tp_size} does not divide the {world} processes torchrun started")
     cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+    gpus: tuple[int, ...] = ()
     if cuda:
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
+        gpus = gpus_of(local, int(os.environ.get("LOCAL_WORLD_SIZE", 1)), torch.cuda.device_count())
+        torch.cuda.set_device(gpus[0])
+        device = f"cuda:{gpus[0]}"
     else:
         device = "cpu"
     if not dist.is_initialized():
@@ -133,7 +105,7 @@ def setup(tp_size: int = 1, device: str | None = None) -> Dist:
     if rank != 0:
         # one line of warnings per job, not one per rank
         logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
-    return Dist(rank, world, local, tp_size, device, tp_group)
+    return Dist(rank, world, local, tp_size, device, tp_group, gpus)
 
 
 def agree(d: Dist, error: BaseException | None) -> None:
@@ -158,6 +130,7 @@ def agree(d: Dist, error: BaseException | None) -> None:
 
 
 def barrier(d: Dist) -> None:
+    """Wait for every rank of the job (nothing without torchrun)."""
     if d.active:
         import torch.distributed as dist
 
@@ -165,6 +138,7 @@ def barrier(d: Dist) -> None:
 
 
 def finish(d: Dist) -> None:
+    """Leave the process group at the end of the run (nothing without torchrun)."""
     if d.active:
         import torch.distributed as dist
 
@@ -292,109 +266,7 @@ class JobProgress:
             self.bar.update(n)
 
 
-# ----------------------------------------------------------------------------- tensor parallel
-
-COLWISE = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")  # output rows split: each rank its heads / MLP slice
-ROWWISE = ("o_proj", "down_proj")  # input columns split, output all-reduced
-
-
-def tp_check(config, tp_size: int) -> None:
-    """Refuse a --tp-size that does not split the heads and the MLP evenly (one line, before loading)."""
-    heads = config.num_attention_heads
-    kv = getattr(config, "num_key_value_heads", None) or heads
-    inter = config.intermediate_size
-    if heads % tp_size or kv % tp_size or inter % tp_size:
-        raise EvalError(f"--tp-size {tp_size} must divide the attention heads ({heads}), KV heads ({kv}) and MLP width ({inter}) of the model")
-
-
-def shard_weight(full: torch.Tensor, name: str, tp_rank: int, tp_size: int) -> torch.Tensor:
-    """This rank's slice of a weight or bias named `name` (the full tensor, any device)."""
-    leaf = name.split(".")[-2] if name.endswith(("weight", "bias")) else name
-    if leaf in COLWISE:
-        return full.chunk(tp_size, dim=0)[tp_rank]
-    if leaf in ROWWISE and name.endswith("weight"):
-        return full.chunk(tp_size, dim=1)[tp_rank]
-    return full
-
-
-class _AllReduce:
-    """Forward hook of a row-parallel projection: sum the partial outputs of the TP group."""
-
-    def __init__(self, group):
-        self.group = group
-
-    def __call__(self, module, inputs, output):
-        import torch.distributed as dist
-
-        dist.all_reduce(output, group=self.group)
-        return output
-
-
-def tensor_parallel(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
-    """Shard a Llama-architecture model (weights already materialised) across `d`'s TP group, in place.
-
-    After it, each rank's attention sees `heads / tp` heads (the modules reshape with -1 heads, so they
-    run unchanged) and the row-parallel projections all-reduce their outputs. A row-parallel bias is
-    added once, after the sum (it stays whole on rank 0 of the group and is zeroed on the others)."""
-    if d.tp_size == 1:
-        return model
-    tp_check(model.config, d.tp_size)
-    hook = _AllReduce(d.tp_group)
-    for name, module in model.named_modules():
-        leaf = name.rsplit(".", 1)[-1]
-        if leaf not in COLWISE + ROWWISE or not isinstance(module, torch.nn.Linear):
-            continue
-        with torch.no_grad():
-            module.weight = torch.nn.Parameter(shard_weight(module.weight.data, f"{name}.weight", d.tp_rank, d.tp_size).contiguous(), requires_grad=False)
-            if module.bias is not None:
-                bias = shard_weight(module.bias.data, f"{name}.bias", d.tp_rank, d.tp_size).contiguous()
-                if leaf in ROWWISE and d.tp_rank:
-                    bias = torch.zeros_like(bias)
-                module.bias = torch.nn.Parameter(bias, requires_grad=False)
-        module.in_features, module.out_features = module.weight.shape[1], module.weight.shape[0]
-        if leaf in ROWWISE:
-            module.register_forward_hook(hook)
-    agree_on_free_memory(d)
-    return model
-
-
-def _config_before_loading(spec: str):
-    """The model's config without its weights, where that is cheap (a local folder); else None."""
-    from .runner.load import resolve
-
-    source = resolve(spec)
-    if not source.local or source.gguf_file:
-        return None  # a GGUF holds its config in the weights file; a hub id needs the network
-    from .runner.xverse import read_config, xverse_llama_config
-
-    raw = read_config(source.path)
-    if raw.get("model_type") == "xverse":
-        return xverse_llama_config(raw)
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(source.path)
-
-
-def plan_and_load(cls, spec: str, d: Dist, device: str | None = None, dtype: str = "auto", **kwargs):
-    """Load a checkpoint on this rank's device and shard it over the rank's TP group.
-
-    Memory is planned first from config.json where there is one (runner/memory.py). The whole
-    checkpoint is loaded before it is sharded, so a rank briefly holds all of it: fine for models
-    that fit one GPU; a checkpoint larger than one GPU wants transformers' own sharded loading
-    (tp_plan="auto"), not wired here yet."""
-    from .runner import memory
-    from .runner.load import pick_dtype
-
-    device = d.device or device
-    config = _config_before_loading(spec)
-    if config is not None:
-        if d.tp_size > 1:
-            tp_check(config, d.tp_size)
-        memory.check(config, pick_dtype(dtype, device or "cpu"), device or "cpu", d.tp_size, name=spec, world_size=d.world_size)
-    model = cls.load(spec, device=device, dtype=dtype, **kwargs)
-    if d.tp_size > 1:
-        tensor_parallel(model.model, d)
-    return model
+# ----------------------------------------------------------------------------- the end of inference
 
 
 def wait_all(d: Dist, job: JobProgress | None, interval: float = 1.0) -> None:
@@ -412,25 +284,3 @@ def wait_all(d: Dist, job: JobProgress | None, interval: float = 1.0) -> None:
     if job is not None:
         job.own_done(0)
         job.bar.close()
-
-
-def agree_on_free_memory(d: Dist) -> None:
-    """Under tensor parallel, every rank of a group must cut the same batches (each forward pass holds
-    collectives), but the runner sizes batches from the free memory of its own GPU, which differs by a
-    few MB between ranks (NCCL buffers, the CUDA context). From here on torch.cuda.mem_get_info
-    answers, on every rank of the group, the group's minimum free memory: a tiny all-reduce per
-    query, which happens at the same points on every rank (a batch plan, an out-of-memory retry)."""
-    if d.tp_size == 1 or not str(d.device).startswith("cuda") or getattr(torch.cuda.mem_get_info, "_xverse_agreed", False):
-        return
-    import torch.distributed as dist
-
-    measure = torch.cuda.mem_get_info
-
-    def agreed(device=None):
-        free, total = measure(device)
-        value = torch.tensor([free], dtype=torch.int64, device=d.device)
-        dist.all_reduce(value, op=dist.ReduceOp.MIN, group=d.tp_group)
-        return int(value.item()), total
-
-    agreed._xverse_agreed = True
-    torch.cuda.mem_get_info = agreed

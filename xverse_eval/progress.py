@@ -65,8 +65,11 @@ class LineProgress:
     """
 
     def __init__(self, total: int, desc: str, unit: str, interval: float | None = None,
-                 clock: Callable[[], float] = time.monotonic, emit: Callable[[str], None] = _emit, heartbeat: bool = False):
+                 clock: Callable[[], float] = time.monotonic, emit: Callable[[str], None] = _emit, heartbeat: bool = False,
+                 brief: bool = False):
         self.total, self.desc, self.unit = total, desc, unit
+        self.brief = brief  # no closing line for a phase that ended within one interval (and printed none)
+        self.printed = False
         self.interval = _interval() if interval is None else interval
         self.clock, self.emit = clock, emit
         self.start = self.last = clock()
@@ -97,6 +100,7 @@ class LineProgress:
             if self.closed or not self.interval or now - self.last < self.interval:
                 return
             self.last = now
+            self.printed = True
             text = self.line()
         self.emit(text)
 
@@ -105,13 +109,15 @@ class LineProgress:
             self.n += n
         self.tick()
 
-    def close(self) -> None:
-        """The final line, once; nothing for a phase that had no work."""
+    def close(self, failed: bool = False) -> None:
+        """The final line, once; nothing for a phase that had no work, that `failed` (its error is
+        the line that matters), or a `brief` one that ended within one interval without a line."""
         with self._lock:
             if self.closed:
                 return
             self.closed = True
-            text = None if not self.total and not self.n else f"{self.line()}, done"
+            short = self.brief and not self.printed and self.clock() - self.start < self.interval
+            text = None if failed or short or (not self.total and not self.n) else f"{self.line()}, done"
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
@@ -121,8 +127,8 @@ class LineProgress:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        self.close(failed=exc_type is not None)
 
 
 def _beat(ref: "weakref.ref[LineProgress]", stop: threading.Event, every: float) -> None:
@@ -149,13 +155,16 @@ class _Silent:
         pass
 
 
-def progress(total: int, desc: str, unit: str = "req", enabled: bool = True):
+def progress(total: int, desc: str, unit: str = "req", enabled: bool = True, brief: bool = False):
     """A progress reporter for `total` units of work: tqdm on a terminal, `LineProgress` (with its
-    heartbeat) otherwise, nothing when `enabled` is false (a non-zero rank under torchrun)."""
+    heartbeat) otherwise, nothing when `enabled` is false (a non-zero rank under torchrun).
+    `brief`: a phase that ends within one interval prints nothing at all (the pipeline's short
+    phases -- load data, build, score -- so a small run's output, or an error after them, stays one
+    line); a longer one reports like any other."""
     if not enabled:
         return _Silent()
     if sys.stderr.isatty():
         from tqdm import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit)
-    return LineProgress(total, desc, unit, heartbeat=True)
+        return tqdm(total=total, desc=desc, unit=unit, leave=not brief)
+    return LineProgress(total, desc, unit, heartbeat=True, brief=brief)

@@ -162,9 +162,125 @@ def task_names() -> list[str]:
 
 
 def get_task_class(name: str) -> type["Task"]:
+    """The registered class of task `name` (our name: `mmlu`, not an alias). Raises EvalError with a
+    did-you-mean (over task names and their lm-eval spellings) for an unknown name."""
     load_tasks()
     if name not in _TASKS:
-        close = difflib.get_close_matches(name, _TASKS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; known tasks: {', '.join(sorted(_TASKS))}"
-        raise EvalError(f"unknown task {name!r}{hint}")
+        raise EvalError(f"unknown task {name!r}{_did_you_mean(name)}")
     return _TASKS[name]
+
+
+# ----------------------------------------------------------------------------- lm-eval's names
+#
+# lm-evaluation-harness 0.4 names (lm_eval/tasks/*/*.yaml) for our benchmarks where they are another
+# word for the same data. A name maps to the data, not to lm-eval's protocol: `--tasks mmlu_anatomy`
+# runs MMLU anatomy the way XVERSE ran it (the variants hold lm-eval's protocols where we have them).
+# Not mapped, on purpose: lm-eval's `race` is RACE-high (ours is RACE-M, the card's row), and
+# `humaneval_instruct` is another prompt than our `humaneval:variant=instruct` (EvalPlus's).
+TASK_ALIASES = {
+    "commonsense_qa": "csqa",
+    "ceval-valid": "ceval",
+}
+# lm-eval names that look like ours but are another protocol or grouping: refused with the reason
+LM_EVAL_UNMAPPED = {
+    "humaneval_instruct": "lm-eval's instruct prompt is another one; humaneval:variant=instruct (with --apply-chat-template) is EvalPlus's",
+    "humaneval_64_instruct": "lm-eval's instruct prompt is another one; humaneval:variant=instruct (with --apply-chat-template) is EvalPlus's",
+    "humaneval_64": "no sampling here: HumanEval is greedy, one sample per problem (pass@1)",
+    "humaneval_plus": "HumanEval+ tests are not here; humaneval runs the original tests",
+    "gsm8k_cot": "another GSM8K protocol (8-shot CoT); gsm8k is OpenCompass's 4-shot, gsm8k:variant=lm-eval-strict lm-eval's extraction",
+    "gsm8k_cot_zeroshot": "another GSM8K protocol (0-shot CoT); gsm8k is OpenCompass's 4-shot, gsm8k:variant=lm-eval-strict lm-eval's extraction",
+    "gsm8k_cot_llama": "another GSM8K protocol (Llama's chat CoT); gsm8k is OpenCompass's 4-shot",
+    "gsm8k_cot_self_consistency": "no sampling here: decoding is greedy",
+    "mmlu_stem": "lm-eval groups MMLU subjects differently from hendrycks' categories.py (anatomy is STEM there); "
+                 "run mmlu: results.json has the 4 hendrycks categories",
+    "mmlu_humanities": "run mmlu: results.json has the 4 hendrycks categories (lm-eval's groups differ)",
+    "mmlu_social_sciences": "run mmlu: results.json has the 4 hendrycks categories (lm-eval's groups differ)",
+    "mmlu_other": "run mmlu: results.json has the 4 hendrycks categories (lm-eval's groups differ)",
+    "agieval_en": "run agieval: results.json has its English and Chinese averages",
+    "agieval_cn": "run agieval: results.json has its English and Chinese averages",
+    "agieval_nous": "run agieval with the subsets you want: agieval:lsat-ar:lsat-lr:...",
+}
+# Subsets are named `<prefix><subset>`: `<task>_<subset>` for every task with subsets (lm-eval's
+# names, and the subtask names of our results.json), plus lm-eval's `ceval-valid_<subject>`; a `-`
+# in our subset name is a `_` in lm-eval's (`agieval_lsat_ar` = `agieval:lsat-ar`).
+SUBSET_PREFIXES = {"ceval-valid_": "ceval"}
+
+
+def _subset_aliases() -> dict[str, tuple[str, str]]:
+    """Every `<prefix><subset>` spelling -> (task, subset), for every task with subsets."""
+    load_tasks()
+    out: dict[str, tuple[str, str]] = {}
+    for prefix, task in _prefixes().items():
+        subsets = _TASKS[task].all_subsets() if task in _TASKS else [""]
+        if subsets == [""]:
+            continue
+        for subset in subsets:
+            for spelling in {subset, subset.replace("-", "_")}:
+                out.setdefault(prefix + spelling, (task, subset))
+    return out
+
+
+def resolve_task_name(name: str) -> tuple[str, list[str]]:
+    """A task name as a user may write it -> (our task name, subsets it selects).
+
+    `mmlu` -> ("mmlu", []); `commonsense_qa` -> ("csqa", []); `mmlu_anatomy` -> ("mmlu", ["anatomy"]);
+    `agieval_lsat_ar` -> ("agieval", ["lsat-ar"]). Our own names win over aliases (`gaokao_english`
+    is a task, not a subset of `gaokao`). Raises EvalError with a did-you-mean for anything else."""
+    load_tasks()
+    if name in _TASKS:
+        return name, []
+    if name in TASK_ALIASES:
+        return TASK_ALIASES[name], []
+    subset = _subset_aliases().get(name)
+    if subset:
+        return subset[0], [subset[1]]
+    if name in LM_EVAL_UNMAPPED:
+        raise EvalError(f"task {name!r} (lm-eval) is not mapped: {LM_EVAL_UNMAPPED[name]}")
+    prefix = max((p for p in _prefixes() if name.startswith(p) and _prefixes()[p] in _TASKS), key=len, default=None)
+    if prefix and _TASKS[_prefixes()[prefix]].all_subsets() != [""]:
+        raise EvalError(_unknown_subset(name, prefix))
+    raise EvalError(f"unknown task {name!r}{_did_you_mean(name)}")
+
+
+def _prefixes() -> dict[str, str]:
+    return {f"{name}_": name for name in _TASKS} | SUBSET_PREFIXES
+
+
+def _unknown_subset(name: str, prefix: str) -> str:
+    """`mmlu_anatomyy`: the task is known, the subset is not; name the closest subset."""
+    task = _prefixes()[prefix]
+    subsets = _TASKS[task].all_subsets()
+    wanted = name[len(prefix):]
+    spellings = {s.replace("-", "_"): s for s in subsets} | {s: s for s in subsets}
+    close = difflib.get_close_matches(wanted, list(spellings), n=1, cutoff=0.75)
+    hint = f"; did you mean {prefix + close[0]!r} ({task}:{spellings[close[0]]})?" if close else \
+        f"; `xverse-eval list {task}` shows its {len(subsets)} subsets"
+    return f"unknown task {name!r}: {task} has no subset {wanted!r}{hint}"
+
+
+def canonical_tasks(text: str) -> str:
+    """`--tasks` text with every lm-eval spelling replaced by ours, items in the order given:
+    `mmlu_anatomy,commonsense_qa:variant=c49e77` -> `mmlu:anatomy,csqa:variant=c49e77`. Suite names
+    (`xverse`) pass through. Raises EvalError naming an unknown task (with a did-you-mean)."""
+    from .evaluate import SUITES
+
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item or item in SUITES:
+            out.append(item)
+            continue
+        name, *rest = item.split(":")
+        task, subsets = resolve_task_name(name)
+        out.append(":".join([task, *subsets, *rest]))
+    return ",".join(out)
+
+
+def _did_you_mean(name: str) -> str:
+    """"; did you mean 'x'?" over task names, aliases and `<task>_<subset>` spellings, else the task list."""
+    names = list(_TASKS) + list(TASK_ALIASES)
+    close = difflib.get_close_matches(name, names, n=1)
+    if not close and ("_" in name or "-" in name):
+        close = difflib.get_close_matches(name, list(_subset_aliases()), n=1, cutoff=0.75)
+    if close:
+        return f"; did you mean {close[0]!r}?"
+    return f"; known tasks: {', '.join(sorted(_TASKS))} (xverse-eval list)"

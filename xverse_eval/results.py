@@ -12,7 +12,9 @@ Why JSONL and not SQLite: benchmarks/durability.py and benchmarks/RESULTS.md ("D
 cost one fsync per batch for the same guarantee; the log is plain text and needs no schema.
 
 Test hook: XVERSE_EVAL_FAULT=<point>[@<n>][=raise] SIGKILLs this process (or, with "=raise", raises
-an EvalError) the n-th time (default: the first) it reaches `fault("<point>")`. Points: "append"
+an EvalError) the n-th time (default: the first) it reaches `fault("<point>")`; "torn_write@<n>=stall"
+instead holds the half-written batch for $XVERSE_EVAL_FAULT_STALL seconds (default 5), then writes the
+rest (a write in flight, for the concurrent-run test). Points: "append"
 (a batch computed, not yet written), "torn_write" (half of a batch's bytes written and fsynced),
 "appended" (a batch stored), "atomic_write" (a final file's temp copy written, not yet renamed),
 "score" (before scoring each task), "report" (results.json written, report.md not yet).
@@ -27,6 +29,7 @@ import json
 import logging
 import os
 import signal
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
@@ -101,6 +104,16 @@ def write_json(path: Path, obj: Any) -> None:
 
 def write_jsonl(path: Path, rows: Iterable[Any]) -> None:
     atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def append_jsonl(path: Path, rows: Iterable[Any]) -> None:
+    """Append whole lines in one write, then fsync (a crash leaves at most a torn last line, which
+    `read_jsonl_tolerant` skips, and the lock holder cuts)."""
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+    with open(path, "ab") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def read_jsonl_tolerant(path: Path, truncate: bool = True) -> list[dict]:
@@ -194,12 +207,14 @@ class RunDir:
 
     def differences(self, identity: dict, partial: bool = False) -> list[str]:
         """Keys (dotted) where `identity` differs from the stored run's, with both values. With
-        `partial`, only the keys `identity` has are compared (a check before the model is loaded)."""
+        `partial`, only the keys `identity` has are compared (a check before the model is loaded).
+        `compute` (the code's version, identity.py) is not compared: a change there recomputes the
+        responses (`claim`), it does not make another run."""
         path = self.path / "config.json"
         if not path.exists():
             return []
         old, new = flatten(read_json_file(path).get("identity", {})), flatten(identity)
-        keys = sorted(set(new) if partial else set(old) | set(new))
+        keys = sorted(k for k in (set(new) if partial else set(old) | set(new)) if k != "compute" and not k.startswith("compute."))
         return [f"{k} ({_short(old.get(k))} -> {_short(new.get(k))})" for k in keys if old.get(k) != new.get(k)]
 
     def check(self, identity: dict, partial: bool = False) -> None:
@@ -208,14 +223,25 @@ class RunDir:
             raise EvalError(f"{self.path} holds a run with another config, refusing to mix them; differs in: {'; '.join(diff)}. "
                             "Use another --output-dir (or the default one), or move this one away")
 
-    def claim(self, manifest: dict) -> None:
+    def claim(self, manifest: dict) -> list[str]:
         """Write the manifest, or check that the one there matches: responses from another model,
-        prompt or task version must never mix with this run's."""
+        prompt or task version must never mix with this run's (EvalError). Where only the compute
+        identity differs (a harness or library upgrade, identity.py), the stored manifest takes the new
+        one and the old responses stop matching (they stay in the file, ignored). Returns those
+        compute changes, `key (old -> new)` (empty when none), for the caller to report."""
+        from .identity import compute_changes
+
         path = self.path / "config.json"
-        if path.exists():
-            self.check(manifest["identity"])
-            return
-        write_json(path, manifest)
+        if not path.exists():
+            write_json(path, manifest)
+            return []
+        self.check(manifest["identity"])
+        stored = read_json_file(path)
+        changed = compute_changes(stored.get("identity", {}), manifest["identity"])
+        if changed:  # the caller says so (one line for the person running it)
+            stored["identity"]["compute"] = manifest["identity"].get("compute")
+            write_json(path, stored)
+        return changed
 
     def manifest(self) -> dict:
         path = self.path / "config.json"
@@ -235,25 +261,33 @@ class ResponseStore:
     `path` is the file this process appends to: responses.jsonl, or responses.rank<R>.jsonl for
     replica R of a torchrun job (parallel.py). Reading merges every responses*.jsonl in its folder,
     so a run resumes from the files of any earlier world size; only `path` itself is ever cut or
-    written."""
+    written, and only by the holder of the run dir's lock (`repair=False` for any other reader).
+    `compute` (identity.compute_identity) is part of every key: responses of other code never match."""
 
-    def __init__(self, path: Path, identity: dict, tasks: dict[str, dict] | None = None):
+    def __init__(self, path: Path, identity: dict, tasks: dict[str, dict] | None = None, compute: dict | None = None,
+                 repair: bool = True):
         self.path = path
         self.identity = identity
         self.tasks = {name: {"version": t.get("version"), "prompt_hash": t.get("prompt_hash")} for name, t in (tasks or {}).items()}
+        self.compute = compute  # identity.compute_identity: part of every key (None: left out)
         self.done: dict[str, Response] = {}
+        self.stored_lines = 0  # complete lines read, whether or not their key is this run's
         others = sorted(p for p in path.parent.glob("responses*.jsonl") if p != path)
         for file in [path, *others]:
-            for n, row in enumerate(read_jsonl_tolerant(file, truncate=file == path), 1):
+            # only the holder of the run dir's lock may cut its own file: a reader without it (the
+            # resume shortcut of a second command) skips a torn tail, which may be a write in flight
+            for n, row in enumerate(read_jsonl_tolerant(file, truncate=repair and file == path), 1):
                 try:
                     self.done.setdefault(row["key"], response_from_dict(row["response"]))
                 except (KeyError, TypeError):
                     raise EvalError(f"{file}:{n}: not a response line (no key/response); move the file away to start over") from None
+                self.stored_lines += 1
 
     def key(self, request: Request) -> str:
-        task = request.key.split("/", 1)[0]
-        return digest({"model": self.identity, "task": {"name": task, **self.tasks.get(task, {})},
-                       "request": {"kind": type(request).__name__, **asdict(request)}})[:32]
+        """The request's key (identity.response_key)."""
+        from .identity import response_key
+
+        return response_key(self.identity, self.tasks, request, self.compute)
 
     def get(self, request: Request) -> Response | None:
         return self.done.get(self.key(request))
@@ -275,10 +309,15 @@ class ResponseStore:
         with open(self.path, "ab") as fh:
             action = _fault_due("torn_write")
             if action:
-                fh.write(data[: len(data) // 2])
+                half = len(data) // 2
+                fh.write(data[:half])
                 fh.flush()
                 os.fsync(fh.fileno())
-                _fire("torn_write", action)
+                if action == "stall":  # a write in flight, held open for a second process to see
+                    time.sleep(float(os.environ.get("XVERSE_EVAL_FAULT_STALL", "5")))
+                    data = data[half:]
+                else:
+                    _fire("torn_write", action)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())

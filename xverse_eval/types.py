@@ -82,6 +82,9 @@ class Loglikelihood:
 
 @dataclass(frozen=True)
 class Generation:
+    """A greedy generation: the text (stop string and what follows cut off), why it ended, and its
+    number of new tokens."""
+
     text: str
     finish_reason: str = "length"  # "length" | "stop" | "eos"
     n_tokens: int = 0
@@ -91,10 +94,12 @@ Response = Union[Loglikelihood, Generation]
 
 
 def response_to_dict(response: Response) -> dict[str, Any]:
+    """A Response as a JSON-able dict, with its kind."""
     return {"kind": type(response).__name__, **asdict(response)}
 
 
 def response_from_dict(data: dict[str, Any]) -> Response:
+    """The Response that response_to_dict wrote."""
     data = dict(data)
     kind = data.pop("kind")
     return {"Loglikelihood": Loglikelihood, "Generation": Generation}[kind](**data)
@@ -102,7 +107,12 @@ def response_from_dict(data: dict[str, Any]) -> Response:
 
 @dataclass(frozen=True)
 class Record:
-    """One line of samples/<task>.jsonl: everything needed to audit one item's score."""
+    """One line of samples/<task>.jsonl: everything needed to audit one item's score.
+
+    `scores` holds the per-item value of the task's metrics (0/1 for accuracy and pass@1);
+    `weight` is the item's share of the headline: the task's headline == sum(weight *
+    scores[metric]) / sum(weight) (micro: 1; macro over subsets: 1/n of its subset; Gaokao: its
+    file's points / n of the file), set by Task.score_all, which sees every record."""
 
     task: str
     subset: str
@@ -115,14 +125,20 @@ class Record:
     correct: bool
     scores: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON-able dict of samples/<task>.jsonl."""
         return asdict(self)
 
 
 @dataclass(frozen=True)
 class TaskResult:
-    """A task's aggregate. Scores are fractions in [0, 1]; tables render them x100."""
+    """A task's aggregate. Scores are fractions in [0, 1]; tables render them x100.
+
+    `average` says how the headline `metrics[metric]` averages the items: "micro" (over items),
+    "macro" (the unweighted mean of subset means) or "weighted" (subset means weighted as the task
+    declares); the Records' `weight` reproduces it. `limit` is --limit as given (N or a fraction)."""
 
     task: str
     version: str
@@ -135,12 +151,15 @@ class TaskResult:
     prompt_hash: str
     data_revision: str
     split: str
-    limit: int | None = None
+    limit: int | float | None = None
     notes: tuple[str, ...] = ()
+    average: str = "micro"
 
     @property
     def score(self) -> float:
+        """The headline value, a fraction."""
         return self.metrics[self.metric]
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON-able dict results.json holds per task."""
         return asdict(self)

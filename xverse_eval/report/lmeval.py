@@ -37,6 +37,7 @@ def _timestamp(iso: str | None) -> float:
 def _model_args(model: dict[str, Any]) -> str:
     parts = [f"pretrained={model.get('path') or model.get('model') or model.get('name')}"]
     parts += [f"{k}={model[k]}" for k in ("gguf_file", "revision", "dtype") if model.get(k)]
+    parts += [f"{k}={v}" for k, v in (model.get("model_args") or {}).items()]  # --model-args, as given
     return ",".join(parts)
 
 

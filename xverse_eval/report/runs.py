@@ -116,3 +116,50 @@ def headline(result: dict[str, Any]) -> tuple[float | None, float | None]:
     """(score, stderr) of a TaskResult dict, fractions."""
     metric = result["metric"]
     return result["metrics"].get(metric), result["metrics"].get(f"{metric}_stderr")
+
+
+def subset_sizes(result: dict[str, Any]) -> dict[str, int]:
+    """subset -> its items, from a TaskResult dict's groups (categories and other groupings, which
+    carry a "kind", are not subsets); {} where the groups do not add up to the result's n."""
+    sizes = {s: int(g["n"]) for s, g in result.get("groups", {}).items() if isinstance(g, dict) and "n" in g and "kind" not in g}
+    return sizes if sum(sizes.values()) == result.get("n") else {}
+
+
+def subset_weights(run: dict[str, Any], task: str) -> dict[str, float] | None:
+    """subset -> the weight of its mean in TASK's headline (macro: 1 each; weighted: the group's
+    declared "weight", Gaokao's points), or None where items count equally (micro) or the weights
+    cannot be read from the result."""
+    from ..comparable import declared_average
+
+    average, result = declared_average(run, task), run["results"][task]
+    sizes = subset_sizes(result)
+    if average == "micro" or not sizes:
+        return None
+    if average == "macro":
+        return {s: 1.0 for s in sizes}
+    weights = {s: result["groups"][s].get("weight") for s in sizes}
+    return None if any(not isinstance(w, (int, float)) for w in weights.values()) else {s: float(w) for s, w in weights.items()}
+
+
+def effective_n(run: dict[str, Any], task: str) -> float:
+    """Kish's effective n, (sum w)^2 / sum w^2, of the item weights of TASK's headline (item weight =
+    its subset's weight / the subset's size): n for a micro average (or where the subsets are not in
+    the result), fewer for a macro or weighted one."""
+    result = run["results"][task]
+    weights, sizes = subset_weights(run, task), subset_sizes(result)
+    if weights is None:
+        return float(result["n"])
+    total = sum(weights.values())
+    squares = sum(weights[s] ** 2 / sizes[s] for s in sizes)
+    return total * total / squares if squares > 0 else float(result["n"])
+
+
+def interval(run: dict[str, Any], task: str) -> tuple[float, float] | None:
+    """The 95% Wilson interval of TASK's headline in RUN (fractions) with the headline's effective
+    n (metrics.wilson, effective_n); None where there is no score."""
+    from ..metrics import wilson
+
+    score = headline(run["results"][task])[0]
+    if score is None or score != score:  # missing or NaN
+        return None
+    return wilson(score, effective_n(run, task))

@@ -1,44 +1,39 @@
-"""The report: the XVERSE card's table with each run's column (score, 95% CI, n, delta to
-XVERSE-65B), footnotes only for what some row carries, and where each number came from."""
+"""The report: the XVERSE card's table with each run's column (score, 95% Wilson interval, n, delta
+to XVERSE-65B), footnotes only for what some row carries, and where each number came from.
+
+The markdown table shows markers beside the numbers ("33.3*"); the CSV export keeps numbers in
+numeric columns and the markers in their own columns."""
 from __future__ import annotations
 
 import csv
 import io
 import json
+from dataclasses import dataclass
 from typing import Any
 
+from .. import comparable
 from ..errors import EvalError
-from .runs import dataset_label, headline, identity, is_full, labels, reported, reported_row, task_order
-
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
+from .runs import dataset_label, headline, interval, is_full, labels, reported, reported_row, task_order
 
 LIMIT_MARK, VARIANT_MARK, DIFFER_MARK = "*", "†", "‡"
+SINGLE_ANSWER_MARK = "(1)"
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{100 * x:.{digits}f}"
 
 
-def ci95(score: float | None, stderr: float | None) -> str:
-    """Normal-approximation 95% interval score ± 1.96 stderr, clipped to [0, 100], in percent."""
-    if score is None or stderr is None:
-        return "-"
-    lo, hi = max(0.0, score - Z95 * stderr), min(1.0, score + Z95 * stderr)
-    return f"{100 * lo:.1f}–{100 * hi:.1f}"
-
-
-def comparable_key(run: dict[str, Any], task: str) -> tuple:
-    """What must match for two runs' scores of a task to be the same measurement."""
-    res, ident = run["results"][task], identity(run, task)
-    return (res["version"], res["variant"], res["prompt_hash"], res["split"], res["shots"], res.get("limit"),
-            json.dumps(ident.get("subsets", "all")), ident.get("data_revision", res["data_revision"]))
+def ci_text(ci: tuple[float, float] | None) -> str:
+    """An interval of fractions as the table shows it, in percent: "16.2–50.5"; "-" for none."""
+    return "-" if ci is None else f"{100 * ci[0]:.1f}–{100 * ci[1]:.1f}"
 
 
 def variant_text(task: str, variant: str) -> str:
     try:
         from ..registry import get_task_class
 
-        return get_task_class(task).variants.get(variant, "")
+        declared = get_task_class(task).variants.get(variant, "")
+        return str(getattr(declared, "doc", declared))
     except Exception:  # an unknown task name in an old run: the variant name alone
         return ""
 
@@ -60,46 +55,109 @@ class Footnotes:
 
 
 def cell_marks(run: dict[str, Any], task: str, first: dict[str, Any], notes: Footnotes, label: str) -> str:
+    """The markers of RUN's cell of TASK (*, †, ‡), each explained once in NOTES."""
     res = run["results"][task]
     marks = ""
     if res.get("limit"):
-        marks += notes.add(LIMIT_MARK, f"run with --limit (the first N items of each subset): not comparable with the reported numbers, so no Δ.")
-    if res["variant"] != "default":
-        text = variant_text(task, res["variant"])
-        marks += notes.add(VARIANT_MARK, f"{dataset_label(task)} ({label}): variant `{res['variant']}`" + (f", {text}" if text else "")
-                           + "; the reported numbers used the default protocol.")
-    if run is not first and comparable_key(run, task) != comparable_key(first, task):
-        fields = ("task version", "variant", "prompt hash", "split", "shots", "limit", "subsets", "data revision")
-        diff = [f for f, a, b in zip(fields, comparable_key(first, task), comparable_key(run, task)) if a != b]
-        marks += notes.add(DIFFER_MARK, f"{dataset_label(task)}: {label} differs from the first run in {', '.join(diff)}; not the same measurement.")
+        marks += notes.add(LIMIT_MARK, "run with --limit (the first N items of each subset): not comparable with the reported numbers, so no Δ.")
+    departures = comparable.departures(run, task)
+    if departures:
+        if res["variant"] != "default" and variant_text(task, res["variant"]):
+            departures[0] += f", {variant_text(task, res['variant'])}"
+        marks += notes.add(VARIANT_MARK, f"{dataset_label(task)} ({label}): {'; '.join(departures)}; the reported numbers used the default protocol.")
+    if run is not first:
+        diff = comparable.differences(first, run, task)
+        if diff:
+            marks += notes.add(DIFFER_MARK, f"{dataset_label(task)}: {label} differs from the first run in {', '.join(d[0] for d in diff)}; "
+                                            "not the same measurement.")
     return marks
 
 
-def table(runs: list[dict[str, Any]], notes: Footnotes | None = None) -> list[list[str]]:
-    """Rows of the comparison table (first row is the header); scores in percent."""
+@dataclass
+class Cell:
+    """One run's numbers for one task: fractions (None where missing), the markers beside them."""
+
+    score: float | None = None
+    ci: tuple[float, float] | None = None
+    n: int | None = None
+    delta: float | None = None  # points: ours minus XVERSE-65B's, only for runs of all items
+    marks: str = ""
+
+
+@dataclass
+class Row:
+    """One dataset of the card: its cells per run and the reported scores (percent)."""
+
+    task: str
+    capability: str
+    dataset: str
+    dataset_mark: str
+    shots: int
+    cells: list[Cell]
+    reported: list[float | None]
+
+
+def rows_of(runs: list[dict[str, Any]], notes: Footnotes | None = None) -> list[Row]:
+    """The comparison table as numbers: one Row per task of any run, in the card's order."""
     notes = notes if notes is not None else Footnotes()
     models = reported()["models"]
     names = labels(runs)
-    header = ["Capability", "Dataset", "Shots"]
-    for name in names:
-        header += [f"{name} (ours)", "95% CI", "n", "Δ vs XVERSE-65B"]
-    out = [header + models]
+    out = []
     for task in task_order({t for r in runs for t in r["results"]}):
         ref = reported_row(task)
         first = next(r for r in runs if task in r["results"])
-        dataset = dataset_label(task, first) + (" (1)" if ref and ref.get("footnote_single_answer_mc") else "")
-        row = [ref["capability"] if ref else "", dataset, f"{first['results'][task]['shots']}-shot"]
+        cells = []
         for run, name in zip(runs, names):
             res = run["results"].get(task)
             if res is None:
-                row += ["-", "-", "-", "-"]
+                cells.append(Cell())
                 continue
-            score, stderr = headline(res)
+            score = headline(res)[0]
             ref_x = ref["scores"].get("XVERSE-65B") if ref else None
-            delta = "-" if ref_x is None or score is None or not is_full(run, task) else f"{100 * score - ref_x:+.1f}"
-            row += [_pct(score) + cell_marks(run, task, first, notes, name), ci95(score, stderr), str(res["n"]), delta]
-        row += ["-" if ref is None or ref["scores"].get(m) is None else f"{ref['scores'][m]:.1f}" for m in models]
-        out.append(row)
+            delta = None if ref_x is None or score is None or not is_full(run, task) else 100 * score - ref_x
+            cells.append(Cell(score, interval(run, task), res["n"], delta, cell_marks(run, task, first, notes, name)))
+        out.append(Row(task, ref["capability"] if ref else "", dataset_label(task, first),
+                       SINGLE_ANSWER_MARK if ref and ref.get("footnote_single_answer_mc") else "", first["results"][task]["shots"],
+                       cells, [None if ref is None else ref["scores"].get(m) for m in models]))
+    return out
+
+
+def table(runs: list[dict[str, Any]], notes: Footnotes | None = None) -> list[list[str]]:
+    """Rows of the comparison table as text (first row is the header); scores in percent, markers
+    beside them."""
+    models = reported()["models"]
+    header = ["Capability", "Dataset", "Shots"]
+    for name in labels(runs):
+        header += [f"{name} (ours)", "95% CI", "n", "Δ vs XVERSE-65B"]
+    out = [header + models]
+    for row in rows_of(runs, notes):
+        line = [row.capability, row.dataset + (f" {row.dataset_mark}" if row.dataset_mark else ""), f"{row.shots}-shot"]
+        for c in row.cells:
+            line += ["-", "-", "-", "-"] if c.n is None else \
+                [_pct(c.score) + c.marks, ci_text(c.ci), str(c.n), "-" if c.delta is None else f"{c.delta:+.1f}"]
+        out.append(line + ["-" if x is None else f"{x:.1f}" for x in row.reported])
+    return out
+
+
+def _num(x: float | None, scale: float = 100.0) -> str:
+    """A CSV number: percent rounded to 2 decimals ("33.33", "86.4"), empty where there is none."""
+    return "" if x is None or x != x else str(round(scale * x, 2))
+
+
+def csv_table(runs: list[dict[str, Any]]) -> list[list[str]]:
+    """The comparison table for spreadsheets: numbers only in numeric columns (percent, at most 2 decimals;
+    empty where missing), markers (*, †, ‡, (1)) in their own columns."""
+    models = reported()["models"]
+    header = ["Capability", "Dataset", "Dataset mark", "Shots"]
+    for name in labels(runs):
+        header += [f"{name} (ours)", f"{name} marks", f"{name} 95% CI low", f"{name} 95% CI high", f"{name} n", f"{name} Δ vs XVERSE-65B"]
+    out = [header + models]
+    for row in rows_of(runs):
+        line = [row.capability, row.dataset, row.dataset_mark, str(row.shots)]
+        for c in row.cells:
+            line += [_num(c.score), c.marks, _num(c.ci and c.ci[0]), _num(c.ci and c.ci[1]), "" if c.n is None else str(c.n),
+                     _num(c.delta, 1.0)]
+        out.append(line + [_num(x, 1.0) for x in row.reported])
     return out
 
 
@@ -119,6 +177,10 @@ def markdown(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+INTERVAL_NOTE = ("95% CI: Wilson score interval; for a headline that weights items unequally (a mean over subjects, "
+                 "Gaokao's points) with the effective n = (Σw)²/Σw² of its item weights.")
+
+
 def footer(runs: list[dict[str, Any]], notes: Footnotes) -> list[str]:
     """The lines under the table: used footnotes, the card's footnote (1) if a row carries it, the
     source of the reported columns, and how the interval is made."""
@@ -127,17 +189,17 @@ def footer(runs: list[dict[str, Any]], notes: Footnotes) -> list[str]:
     lines = notes.render()
     if any((reported_row(t) or {}).get("footnote_single_answer_mc") for t in tasks):
         lines.append(f"(1) {ref['footnote_1']}")
-    lines.append("95% CI: score ± 1.96 standard errors (normal approximation). "
-                 "Δ: our score minus XVERSE-65B's, only for runs of all items.")
+    lines.append(f"{INTERVAL_NOTE} Δ: our score minus XVERSE-65B's, only for runs of all items.")
     lines.append(f"Reported columns: {ref['source']}; shipped as results/reported_scores.json. {ref['note']}")
     return lines
 
 
 def render(runs: list[dict[str, Any]], fmt: str = "md") -> str:
-    """The report of RUNS (run dicts from runs.load_results, or as evaluate returns them) as md, csv or json."""
+    """The report of RUNS (run dicts from runs.load_results, or as evaluate returns them) as md, csv
+    (csv_table) or json (the text table and the provenance)."""
     if fmt == "csv":
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(table(runs))
+        csv.writer(buf, lineterminator="\n").writerows(csv_table(runs))
         return buf.getvalue()
     if fmt == "json":
         return json.dumps({"table": table(runs), "provenance": provenance(runs)}, indent=2, ensure_ascii=False)
@@ -149,6 +211,8 @@ def render(runs: list[dict[str, Any]], fmt: str = "md") -> str:
              "## Where each number came from", "", markdown(provenance(runs)), ""]
     for run, name in zip(runs, labels(runs)):
         model = run["config"]["model"]
+        margs = ",".join(f"{k}={v}" for k, v in (model.get("model_args") or {}).items())
         parts.append(f"- {name}: dtype {model.get('dtype')}, revision {model.get('revision') or '-'}, "
-                     f"xverse-eval {run['config'].get('xverse_eval_version')}, git {run['config'].get('git_sha') or '-'}")
+                     + (f"model args {margs}, " if margs else "")
+                     + f"xverse-eval {run['config'].get('xverse_eval_version')}, git {run['config'].get('git_sha') or '-'}")
     return "\n".join(parts) + "\n"

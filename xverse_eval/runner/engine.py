@@ -5,9 +5,9 @@ Two paths, one contract (`Engine.generate`):
 - **The slot engine** (`SlotRun`), for the Llama family (`SLOT_MODEL_TYPES`: Llama, Mistral, Qwen2/3,
   XVERSE loaded as Llama; every layer full attention). A static cache holds, per layer, K and V of shape
   [slots, kv_heads, max_len, head_dim]. Requests wait in a queue; free slots are refilled as rows finish
-  (their prefill done as one batch) while the other slots keep decoding. The prompt prefix that all
-  requests of a call share (`GenerateRequest.shared_prefix`: GSM8K's 4-shot block, HumanEval's header)
-  is prefilled once; admission copies its KV into the slot (a device-to-device copy). The model's own
+  (their prefill done as one batch) while the other slots keep decoding. The prompts are grouped by the
+  prefix they share on token ids (`prefix_groups`: the scorer's prefix tree, so GSM8K's 4-shot block is
+  found as the scorer finds a k-shot block), and each group's prefix is prefilled once; admission copies its KV into the slot (a device-to-device copy). The model's own
   modules run (so tensor-parallel shards work: only local heads are ever seen); only the attention
   function is ours (`slot_attention`, registered with transformers' `AttentionInterface` and selected
   for the engine's forwards only), because rows sit at different positions. On CUDA the decode step is
@@ -15,6 +15,10 @@ Two paths, one contract (`Engine.generate`):
   the lowest slots and padded up to the next width); on CPU the same steps run eagerly.
 - **The plain loop** (`Engine._generate`), for every other architecture: static batches, rows dropped
   from the batch when finished, the model's own cache and attention.
+
+Progress counts generated tokens (`TokenMeter`): the expected total is every request's
+max_new_tokens, lowered as rows finish early, so the ETA is of the work left rather than of requests
+(16 requests of 512 tokens are not done when 13 short ones are).
 
 Both stop at EOS (not part of the text), at a stop string (checked only on newly decoded text; the
 text is cut before the first stop string) or after `max_new_tokens`. The stored text is exactly what the
@@ -27,14 +31,20 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from ..errors import EvalError
 from ..progress import progress
 from ..types import Generation, GenerateRequest
-from . import OnDone
+from . import OnDone, Work
+from .load import spans_devices
+from .memory import group_min
+
+if TYPE_CHECKING:
+    from .hf import Loaded, Settings
+    from .tokens import Tokens
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +79,11 @@ class Decoding:
         self._ids = list(anchor)  # anchor + new tokens
         self._prefix_offset, self._read_offset = 0, len(anchor)
         self._longest_stop = max((len(s) for s in request.stop), default=0)
+        self.steps = 0  # tokens taken, EOS included: what TokenMeter counted for this request
 
-    def step(self, token: int, eos_ids: set[int], tokenizer) -> bool:
+    def step(self, token: int, eos_ids: set[int] | frozenset, tokenizer) -> bool:
         """Take one generated token; return True when the request is finished."""
+        self.steps += 1
         if token in eos_ids:
             self.reason = "eos"
             return True
@@ -98,6 +110,7 @@ class Decoding:
             self._prefix_offset, self._read_offset = self._read_offset, len(ids)
 
     def result(self, tokenizer) -> Generation:
+        """The Generation: the exact new text cut before the first stop string, why it ended, its tokens."""
         text = new_text(tokenizer, self.anchor, self.tokens)
         cut = min((text.find(s) for s in self.request.stop if s in text), default=-1)
         if cut >= 0:
@@ -121,61 +134,157 @@ def new_text(tokenizer, anchor: Sequence[int], tokens: Sequence[int]) -> str:
 # ----------------------------------------------------------------------------- the engine
 
 
+class TokenMeter:
+    """Generation progress in tokens: `total` starts as the sum of the requests' max_new_tokens and
+    drops by what a request leaves unused when it finishes, so rate and ETA are of tokens still to
+    generate (progress.py prints them). The loops call `stepped(n)` after each step that gave n rows
+    a token and `finished(decoding)` when a row ends."""
+
+    def __init__(self, requests: Sequence[GenerateRequest], enabled: bool = True):
+        self.total = sum(r.max_new_tokens for r in requests)
+        self.bar = progress(self.total, "generate", "tok", enabled=enabled)
+
+    def stepped(self, n: int) -> None:
+        """n rows took one token each."""
+        self.bar.update(n)
+
+    def finished(self, decoding: "Decoding") -> None:
+        """A row ended: its unused max_new_tokens leave the total."""
+        unused = decoding.request.max_new_tokens - decoding.steps
+        if unused > 0:
+            self.total -= unused
+            if hasattr(self.bar, "total"):
+                self.bar.total = self.total  # tqdm and progress.LineProgress both read it on their next line
+                if hasattr(self.bar, "refresh"):
+                    self.bar.refresh()
+
+    def close(self) -> None:
+        """The closing progress line."""
+        self.bar.close()
+
+
+def generation_work(requests: Sequence[GenerateRequest], tokens: "Tokens", prefix_cache: bool = True) -> Work:
+    """The Work of generating for `requests` from the tokenizer alone: prompt tokens, tokens computed
+    after the shared prompt prefix of each group (as the slot engine groups them), and the upper
+    bound of generated tokens (every max_new_tokens)."""
+    if not requests:
+        return Work()
+    ids = tokens.encode_many([r.prompt for r in requests])
+    prompts = [ids[r.prompt] for r in requests]
+    computed = sum(len(p) for p in prompts)
+    for prefix, group in prefix_groups(prompts, prefix_cache):
+        computed -= (len(group) - 1) * len(prefix)
+    return Work(len(requests), sum(len(p) for p in prompts), computed, sum(r.max_new_tokens for r in requests))
+
+
+def prefix_groups(prompts: Sequence[Sequence[int]], shared: bool = True) -> list[tuple[list[int], list[int]]]:
+    """[(prefix ids, prompt indices)]: the prompts grouped as the slot engine runs them, each group's
+    prefix prefilled once. The groups are the top nodes of the scorer's prefix tree
+    (scoring.build_tree) over the prompts less their last token, so the one rule of what is shared
+    (on token ids, at least MIN_PREFIX tokens that pay for themselves) serves both; every prompt keeps
+    at least its last token to run (it gives the first new token's logits). Prompts sharing nothing
+    worth it form one group with no prefix; `shared=False` (--no-prefix-cache) puts all there."""
+    from .scoring import Row, build_tree
+
+    if not shared:
+        return [([], list(range(len(prompts))))] if prompts else []
+    nodes = build_tree([Row(list(ids[:-1]), [(i, [], [], 0)]) for i, ids in enumerate(prompts)], shared=True)
+    groups, loose = [], []
+    for node in nodes:
+        members = [i for below in _subtree(node) if below.row is not None for i, *_ in below.row.reads]
+        if node.children:
+            groups.append((common_prefix([list(prompts[i]) for i in members]), sorted(members)))
+        else:
+            loose.extend(members)
+    if loose:
+        groups.append(([], sorted(loose)))
+    return groups
+
+
+def _subtree(node):
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        yield node
+
+
 class Engine:
-    """Greedy generation for one loaded model (`hf`: the HFModel that owns tokenizer, weights and settings)."""
+    """Greedy generation for one loaded model (`loaded`: tokenizer, weights, device; runner/hf.py).
 
-    # settings live on the HFModel, which a caller may change between calls
-    batch_size = property(lambda self: self.hf.batch_size)
-    max_length = property(lambda self: self.hf.max_length)
+    Per-call state (settings, EOS ids, the token meter) is set by `generate`; the slot pool and the
+    captured CUDA graphs are kept between calls of one shape (`keep_pool`). `counters`: the Work of
+    every call (prompt tokens, computed after the shared prefix, generated)."""
 
-    def __init__(self, hf):
-        self.hf = hf
-        self.tokens = hf.tokens
-        self.tokenizer = hf.tokenizer
-        self.model = hf.model
-        self.device = hf.device
-        self.pad_id = hf.pad_id
-        self.eos_ids = hf.eos_ids
-        self._cache_arg = hf.cache_arg
-        self.special_ids = set(getattr(hf.tokenizer, "all_special_ids", []) or [])
+    def __init__(self, loaded: "Loaded"):
+        self.loaded = loaded
+        self.tokens = loaded.tokens
+        self.tokenizer = loaded.tokenizer
+        self.model = loaded.model
+        self.decoder = loaded.decoder
+        self.device = loaded.device
+        self.pad_id = loaded.pad_id
+        self.cache_arg = loaded.cache_arg
+        self.eos_ids: frozenset = loaded.eos_ids
+        self.special_ids = set(getattr(loaded.tokenizer, "all_special_ids", []) or [])
         # XVERSE_EVAL_ENGINE=plain forces the static-batch loop; =eager keeps the slot engine off CUDA graphs
         self.mode = os.environ.get("XVERSE_EVAL_ENGINE", "auto")
         self.slots: int | None = None  # slot count (None: planned per call); tests set it
-        self.use_slots = self.mode != "plain" and slot_engine_supports(hf.model)
+        self.use_slots = self.mode != "plain" and slot_engine_supports(loaded.model)
         self.graph_pool = None  # one CUDA graph memory pool shared by the decode graphs of every width
         self.pool: dict | None = None  # the slot engine's device state, reused by the next group (SlotRun._take_pool)
         self.keep_pool = False  # keep it (and its CUDA graphs) after a call too; off: scoring gets the memory back
         # counters of the slot engine (benchmarks/engine_speed.py reads them): decode steps, rows decoded,
         # seconds in decode steps and in prefills (each ends in a host sync, so the times are real)
         self.stats = {"decode_steps": 0, "decode_rows": 0, "decode_s": 0.0, "prefill_s": 0.0, "prefill_tokens": 0}
+        self.counters = Work()
+        self.batch_size: str | int = "auto"
+        self.max_length = 1 << 30
+        self.prefix_cache = True
+        self.meter: TokenMeter | None = None
 
-    def generate(self, requests: Sequence[GenerateRequest], on_done: OnDone | None = None) -> list[Generation]:
-        """Greedy generations for `requests`, in request order; `on_done(pairs)` as results finish.
+    def generate(self, requests: Sequence[GenerateRequest], on_done: OnDone | None = None, settings: "Settings | None" = None) -> list[Generation]:
+        """Greedy generations for `requests`, in request order (see Model.generate); `on_done(pairs)`
+        as results finish. `settings`: this call's batch width, prefix cache, context limit, progress
+        and extra stop ids (runner/hf.py: Settings; default: its defaults with no context limit).
 
         Raises EvalError when a prompt plus its new tokens exceed the model's context, or when even a
         single request does not fit in memory."""
+        from .hf import Settings
+
+        settings = settings or Settings(max_length=1 << 30)
+        self.batch_size, self.max_length, self.prefix_cache = settings.batch_size, settings.max_length, settings.prefix_cache
+        self.eos_ids = self.loaded.eos_ids | settings.stop_ids
         encoded = self._encode(requests)
         results: list[Generation | None] = [None] * len(requests)
-        bar = progress(len(requests), "generate", "req", enabled=self.hf.report_progress)
+        self.meter = TokenMeter(requests, enabled=settings.report_progress)
+        prefill_before = self.stats["prefill_tokens"]
 
         def deliver(done: list[tuple[int, Generation]]) -> None:
             for i, gen in done:
                 results[i] = gen
             if on_done:
                 on_done([(requests[i], gen) for i, gen in done])
-            bar.update(len(done))
 
-        if self.use_slots:
-            self._generate_slots(encoded, requests, deliver)
-        else:
-            self._generate_plain(encoded, requests, deliver)
-        bar.close()
+        try:
+            if self.use_slots:
+                self._generate_slots(encoded, requests, deliver)
+            else:
+                self._generate_plain(encoded, requests, deliver)
+        finally:
+            self.meter.close()
+        prompt_tokens = sum(len(ids) for _, ids in encoded)
+        computed = self.stats["prefill_tokens"] - prefill_before if self.use_slots else prompt_tokens
+        self.counters = self.counters + Work(len(requests), prompt_tokens, computed, sum(g.n_tokens for g in results if g is not None))
         return results  # type: ignore[return-value]
 
     def _encode(self, requests: Sequence[GenerateRequest]) -> list[tuple[int, list[int]]]:
+        """(index, prompt ids) per request, batched through the Tokens id cache; refuses a request
+        whose prompt and max_new_tokens exceed the context."""
+        ids_of = self.tokens.encode_many([req.prompt for req in requests])
         encoded = []
         for i, req in enumerate(requests):
-            ids = self.tokens.encode(req.prompt)
+            ids = ids_of[req.prompt]
             if len(ids) + req.max_new_tokens > self.max_length:
                 raise EvalError(f"request {req.key}: prompt of {len(ids)} tokens + {req.max_new_tokens} new tokens exceed the model's context of {self.max_length}")
             encoded.append((i, ids))
@@ -191,10 +300,9 @@ class Engine:
     def _generate_slots(self, encoded, requests, deliver) -> None:
         """Run the slot engine over every group of requests sharing a prefix; on OOM, halve the slots and
         go on with the requests not yet delivered (delivered ones are kept)."""
-        groups: dict[str, list[tuple[int, list[int]]]] = {}
-        for i, ids in encoded:
-            groups.setdefault(requests[i].shared_prefix, []).append((i, ids))
-        for hint, group in groups.items():
+        prompts = [ids for _, ids in encoded]
+        for prefix, members in prefix_groups(prompts, self.prefix_cache):
+            group = [encoded[k] for k in members]
             slots = self.slots or self._plan_slots(group, requests)
             pending = group
             while pending:
@@ -205,9 +313,7 @@ class Engine:
                     deliver(done)
 
                 try:
-                    # --no-prefix-cache (hf.prefix_cache False): every prompt prefilled whole
-                    shared = bool(hint) and getattr(self.hf, "prefix_cache", True)
-                    SlotRun(self, requests, pending, slots, shared=shared).run(track)
+                    SlotRun(self, requests, pending, slots, prefix).run(track)
                     pending = []
                 except torch.OutOfMemoryError:
                     pending = [(i, ids) for i, ids in pending if i not in delivered]
@@ -230,10 +336,12 @@ class Engine:
             per_slot = kv_bytes_per_token(self.model) * longest
             free, _ = torch.cuda.mem_get_info(torch.device(self.device))
             free += self.pool_bytes()  # the kept slot cache is reused or released
+            free = group_min(free)  # every rank of a TP group picks the same slots
             slots = max(1, min(slots, int(free * 0.5 // max(per_slot, 1))))
         return slots
 
     def pool_bytes(self) -> int:
+        """Bytes of the kept slot cache (0 when none is kept)."""
         if self.pool is None:
             return 0
         cache = self.pool["cache"]
@@ -281,6 +389,10 @@ class Engine:
         while True:
             tokens = out.logits[:, -1].argmax(-1).tolist()
             finished = [row.step(token, self.eos_ids, self.tokenizer) for row, token in zip(active, tokens)]
+            self.meter.stepped(len(active))
+            for row, done in zip(active, finished):
+                if done:
+                    self.meter.finished(row)
             keep = [k for k, done in enumerate(finished) if not done]
             if not keep:
                 break
@@ -293,7 +405,7 @@ class Engine:
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
             position = position + 1
             out = self.model(input_ids=torch.tensor(tokens, device=self.device)[:, None], attention_mask=mask,
-                             position_ids=position, use_cache=True, **{self._cache_arg: cache})
+                             position_ids=position, use_cache=True, **{self.cache_arg: cache})
         return [(row.index, row.result(self.tokenizer)) for row in rows]
 
 
@@ -311,12 +423,9 @@ def slot_engine_supports(model) -> bool:
 
 def kv_bytes_per_token(model) -> int:
     """Bytes of K and V one token occupies over all layers (an upper bound under tensor parallelism)."""
-    config = model.config
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    dtype = next(model.parameters()).dtype
-    return 2 * config.num_hidden_layers * kv_heads * head_dim * torch.finfo(dtype).bits // 8
+    from .shape import Shape
+
+    return Shape.of(model.config).kv_bytes_per_token(next(model.parameters()).element_size())
 
 
 # ----------------------------------------------------------------------------- the slot cache and attention
@@ -349,6 +458,8 @@ class SlotCache:
         self.kv_len = max_len
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        """transformers' cache hook: store this forward's key/value [B, kvh, T, hd] of `layer_idx`
+        as `mode` says (see the class docstring); return the key/value attention must see."""
         if self.mode == "prefix":
             if len(self.prefix_keys) == layer_idx:
                 self.prefix_keys.append(key)
@@ -363,26 +474,30 @@ class SlotCache:
             P, T = self.prefix_len, key.shape[2]
             if P:
                 pk, pv = self.prefix_keys[layer_idx], self.prefix_values[layer_idx]
-                keys[self.rows, :, :P] = pk[0]
-                values[self.rows, :, :P] = pv[0]
+                rows = self.rows.to(key.device)  # a device map puts layers on several GPUs; a no-op on one
+                keys[rows, :, :P] = pk[0]
+                values[rows, :, :P] = pv[0]
                 n = key.shape[0]
                 key_all = torch.cat([pk.expand(n, -1, -1, -1), key], dim=2)
                 value_all = torch.cat([pv.expand(n, -1, -1, -1), value], dim=2)
             else:
                 key_all, value_all = key, value
-            keys[self.rows, :, P:P + T] = key
-            values[self.rows, :, P:P + T] = value
+            keys[self.rows.to(key.device), :, P:P + T] = key
+            values[self.rows.to(key.device), :, P:P + T] = value
             return key_all, value_all
         width = key.shape[0]
         row = torch.arange(width, device=key.device)
-        keys[row, :, self.positions] = key[:, :, 0]
-        values[row, :, self.positions] = value[:, :, 0]
+        positions = self.positions.to(key.device)
+        keys[row, :, positions] = key[:, :, 0]
+        values[row, :, positions] = value[:, :, 0]
         return keys[:width, :, :self.kv_len], values[:width, :, :self.kv_len]
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
+        """0: positions are always passed explicitly, so transformers needs no cache length."""
         return 0
 
     def clear_prefix(self) -> None:
+        """Forget the shared prefix's key/value (the next group prefills its own)."""
         self.prefix_keys, self.prefix_values = [], []
 
 
@@ -447,18 +562,20 @@ def _widths(slots: int) -> list[int]:
 
 
 class SlotRun:
-    """Continuous batching over `slots` KV slots for `group` ([(request index, prompt ids)], one shared
-    prefix hint). Host state: `rows[slot]` (a Decoding or None). Device state: `current` [slots] (each
+    """Continuous batching over `slots` KV slots for `group` ([(request index, prompt ids)]) whose
+    prompts all start with `prefix` (prefix_groups), prefilled once. Host state: `rows[slot]` (a Decoding or None). Device state: `current` [slots] (each
     slot's latest token, fed to the next step) and `positions` [slots] (where that token is written)."""
 
-    def __init__(self, engine: Engine, requests, group, slots: int, shared: bool):
+    def __init__(self, engine: Engine, requests, group, slots: int, prefix: list[int]):
         self.engine, self.requests = engine, requests
         self.model, self.device = engine.model, torch.device(engine.device)
-        self.decoder = engine.hf.decoder
-        self.lm_head = engine.model.get_output_embeddings()
+        self.decoder = engine.decoder
+        head = engine.model.get_output_embeddings()
+        # under a device map the head may sit on another GPU: its tokens come back to the input device
+        self.lm_head = (lambda hidden: head(hidden).to(self.device)) if spans_devices(self.model) else head
         self.queue = sorted(group, key=lambda item: -len(item[1]))  # longest first: the slowest prefills early
         self.slots = max(1, min(slots, len(group)))
-        self.prefix = common_prefix([ids for _, ids in group]) if shared and len(group) > 1 else []
+        self.prefix = prefix if len(group) > 1 else []  # prefilled once, then copied into each slot
         longest = max(len(ids) + requests[i].max_new_tokens for i, ids in group)
         self.max_len = min(-(-longest // 64) * 64, max(engine.max_length, longest))
         self.rows: list[Decoding | None] = [None] * self.slots
@@ -466,7 +583,8 @@ class SlotRun:
         self.cuda = self.device.type == "cuda"
         # CUDA graphs: not under torch.distributed (collectives inside a captured graph are the TP runner's call)
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.graphs = self.cuda and engine.mode != "eager" and not distributed
+        # nor over a device map (a captured graph replays on one device; accelerate's hooks move tensors between)
+        self.graphs = self.cuda and engine.mode != "eager" and not distributed and not spans_devices(self.model)
         # prefill chunks: at most this many new tokens per forward (bounds activations and attention scores)
         self.prefill_tokens = 16384 if self.cuda else 2048
 
@@ -490,6 +608,7 @@ class SlotRun:
 
     @torch.inference_mode()
     def run(self, deliver) -> None:
+        """Prefill the prefix, then admit and decode until every request of the group is delivered."""
         with _SlotAttention(self.model):
             if self.prefix:
                 self._prefill_prefix()
@@ -505,8 +624,8 @@ class SlotRun:
     def _forward(self, ids, positions, mask):
         """Hidden states of the decoder for ids/positions [B, T] with a bool mask [B|1, 1, T, K]."""
         out = self.decoder(input_ids=ids, position_ids=positions, attention_mask=mask, use_cache=True,
-                           **{self.engine._cache_arg: self.cache})
-        return out.last_hidden_state
+                           **{self.engine.cache_arg: self.cache})
+        return out.last_hidden_state.to(self.device)  # from the last layer's device, under a device map
 
     def _prefill_prefix(self) -> None:
         start = time.perf_counter()
@@ -573,11 +692,13 @@ class SlotRun:
             self.rows[slot] = decoding
             if decoding.step(token, self.engine.eos_ids, self.engine.tokenizer):
                 done.append(self._finish(slot))
+        self.engine.meter.stepped(len(batch))
         if done:
             deliver(done)
 
     def _finish(self, slot: int) -> tuple[int, Generation]:
         row = self.rows[slot]
+        self.engine.meter.finished(row)
         self.rows[slot] = None
         self.positions[slot] = 0  # a free slot keeps stepping (as padding): keep its writes in bounds
         return row.index, row.result(self.engine.tokenizer)
@@ -613,6 +734,7 @@ class SlotRun:
         stats["decode_rows"] += sum(r is not None for r in self.rows)
         stats["decode_s"] += time.perf_counter() - start
         done = []
+        self.engine.meter.stepped(sum(r is not None for r in self.rows[:top]))
         for slot in range(top):
             row = self.rows[slot]
             if row is not None and row.step(tokens[slot], self.engine.eos_ids, self.engine.tokenizer):

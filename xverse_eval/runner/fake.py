@@ -23,7 +23,7 @@ from typing import Sequence
 from ..errors import EvalError
 from ..progress import progress
 from ..types import Generation, GenerateRequest, Loglikelihood, LoglikelihoodRequest
-from . import OnDone
+from . import OnDone, Work
 
 TOKEN = re.compile(r"\s?[^\W\d_]+|\s?\d|\s?[^\w\s]|\s?_|\s", re.UNICODE)
 OPTIONS = {"sleep": float, "max_length": int, "split_letters": int}
@@ -36,6 +36,10 @@ def _unit(*parts: str) -> float:
 
 
 class FakeModel:
+    """The fake backend behind the Model contract (see the module docstring); no tokenizer."""
+
+    tokenizer = None
+
     def __init__(self, seed: str, sleep: float = 0.0, max_length: int = 4096, split_letters: int = 0, batch_size: str | int = "auto"):
         self.seed = seed
         self.sleep = sleep
@@ -45,9 +49,12 @@ class FakeModel:
         self.name = f"fake:{seed}"
         self.fingerprint = {"model": self.name, "path": None, "gguf_file": None, "revision": None, "dtype": "float32",
                             "backend": "fake", "max_length": max_length, "split_letters": self.split_letters}
+        self.stop_ids: set[int] = set()
+        self._counters = Work()
 
     @classmethod
     def load(cls, spec: str, batch_size: str | int = "auto", **_ignored) -> "FakeModel":
+        """Parse `fake:SEED[:option=value...]`; EvalError for an unknown option or a bad value."""
         _, _, rest = spec.partition(":")
         seed, *opts = rest.split(":")
         kwargs = {}
@@ -66,12 +73,26 @@ class FakeModel:
     # -- tokens
 
     def tokens(self, text: str) -> list[str]:
+        """The fake tokens of `text` (no BOS)."""
         if self.split_letters:
             return list(text)
         return TOKEN.findall(text)
 
     def count_tokens(self, text: str) -> int:
+        """Fake tokens of `text` as a whole prompt: BOS + its tokens."""
         return 1 + len(self.tokens(text))
+
+    def count_tokens_many(self, texts: Sequence[str]) -> list[int]:
+        """count_tokens of every text, in order."""
+        return [self.count_tokens(t) for t in texts]
+
+    def stop_at_tokens(self, ids: set[int]) -> None:
+        """Recorded only: fake generations contain no token ids."""
+        self.stop_ids.update(ids)
+
+    def counters(self) -> Work:
+        """Requests answered and their fake tokens (every token computed: nothing is shared)."""
+        return self._counters
 
     # -- the contract
 
@@ -98,6 +119,7 @@ class FakeModel:
         return results
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest], on_done: OnDone | None = None) -> list[Loglikelihood]:
+        """Deterministic responses from the seed and the request text (see Model.loglikelihood)."""
         for req in requests:  # like the transformers backend: every request is checked before any batch runs
             n = self.count_tokens(req.context + req.continuation)
             if n - 1 > self.max_length:
@@ -112,9 +134,12 @@ class FakeModel:
                 resp = Loglikelihood(resp.logprob, resp.is_greedy, n_cont, -2.0 * n_ctx * _unit(self.seed, "ctx", req.context), n_ctx)
             return resp
 
+        n = sum(self.count_tokens(r.context + r.continuation) for r in requests)
+        self._counters = self._counters + Work(len(requests), n, n)
         return self._run(requests, answer, on_done, "loglikelihood")
 
     def generate(self, requests: Sequence[GenerateRequest], on_done: OnDone | None = None) -> list[Generation]:
+        """Deterministic `    return N` texts cut at the request's stop strings (see Model.generate)."""
         for req in requests:
             n = self.count_tokens(req.prompt)
             if n + req.max_new_tokens > self.max_length:
@@ -129,4 +154,7 @@ class FakeModel:
                 text, reason = text[:cut], "stop"
             return Generation(text, reason, len(self.tokens(text)))
 
-        return self._run(requests, answer, on_done, "generate")
+        results = self._run(requests, answer, on_done, "generate")
+        n = sum(self.count_tokens(r.prompt) for r in requests)
+        self._counters = self._counters + Work(len(requests), n, n, sum(g.n_tokens for g in results))
+        return results

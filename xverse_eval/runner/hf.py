@@ -1,17 +1,25 @@
-"""transformers backend: any causal LM from the hub, a local folder or a GGUF file, behind the
-two-method Model contract. The work lives in rooms: load.py (locate and load), tokens.py (text <->
-ids), scoring.py (log-likelihoods), engine.py (generation)."""
+"""transformers backend: any causal LM from the hub, a local folder or a GGUF file, behind the Model
+contract of runner/__init__.py. The work lives in rooms: load.py (locate and load), tokens.py (text <->
+ids), scoring.py (log-likelihoods), engine.py (generation).
+
+State comes in two kinds, kept apart. `Loaded` is what loading produced and nothing changes afterwards
+(tokenizer, weights, device, EOS ids, ...): one frozen object that the Scorer and the Engine receive.
+`Settings` are the knobs a caller may turn between calls (batch size, prefix cache, context limit,
+progress, extra stop ids): HFModel keeps them as plain attributes and hands a frozen snapshot to every
+call, so no room reads another's attributes and no setting travels back through a property.
+"""
 from __future__ import annotations
 
 import inspect
 import logging
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
 
 from ..errors import EvalError
 from ..types import Generation, GenerateRequest, Loglikelihood, LoglikelihoodRequest
-from . import OnDone
+from . import OnDone, Work
 from .engine import Engine
 from .load import context_length, default_device, identify, load_transformers
 from .scoring import Scorer
@@ -20,29 +28,83 @@ from .tokens import Tokens
 log = logging.getLogger(__name__)
 
 
-class HFModel:
-    def __init__(self, tokenizer, model, name: str, fingerprint: dict, device: str, batch_size: str | int = "auto",
-                 max_length: int | None = None, prefix_cache: bool = True):
-        self.tokenizer = tokenizer
-        self.tokens = Tokens(tokenizer)
-        self.model = model
-        self.decoder = model.get_decoder()  # the transformer body; the LM head is applied only where scored
-        self.prefix_cache = prefix_cache
-        # transformers renamed `past_key_values` to `cache` (5.2x); use whichever this version takes
-        self.cache_arg = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
-        self.name = name
-        self.fingerprint = fingerprint
-        self.device = device
-        self.batch_size = batch_size
-        self.max_length = max_length or context_length(model.config)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-        # generation ends at the tokenizer's EOS or any EOS the model's generation config names
+def text_config(config):
+    """The language model's config of a (possibly multimodal) transformers config."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """One loaded transformers model, as the scorer and the engine use it.
+
+    `model`: the *ForCausalLM; `decoder`: its transformer body (the LM head is applied only where a
+    position is scored); `config`: its text config; `tokens`: the tokenizer seen as runner/tokens.py
+    sees it; `pad_id`: the id right-padding uses (never attended); `eos_ids`: the tokenizer's EOS and
+    every EOS the generation config names; `cache_arg`: the decoder's keyword for a KV cache
+    (`cache` from transformers 5.2x, `past_key_values` before)."""
+
+    tokenizer: Any
+    tokens: Tokens
+    model: Any
+    decoder: Any
+    config: Any
+    device: str
+    pad_id: int
+    eos_ids: frozenset
+    cache_arg: str
+
+    @classmethod
+    def of(cls, tokenizer, model, device: str) -> "Loaded":
+        """The Loaded state of a tokenizer and model already on `device`."""
+        decoder = model.get_decoder()
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         configured = configured if isinstance(configured, list) else [configured]
-        self.eos_ids = {t for t in [tokenizer.eos_token_id, *configured] if t is not None}
+        eos = frozenset(t for t in [tokenizer.eos_token_id, *configured] if t is not None)
+        cache_arg = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+        return cls(tokenizer, Tokens(tokenizer), model, decoder, text_config(model.config), device, pad, eos, cache_arg)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """One call's knobs: `batch_size` (rows per pass, or "auto": from free memory), `prefix_cache`
+    (compute shared prefixes once), `max_length` (context, tokens), `report_progress` (off on
+    non-zero torchrun ranks), `stop_ids` (generation ends at these too, beside `Loaded.eos_ids`)."""
+
+    batch_size: str | int = "auto"
+    prefix_cache: bool = True
+    max_length: int = 2048
+    report_progress: bool = True
+    stop_ids: frozenset = frozenset()
+
+
+class HFModel:
+    """A transformers causal LM behind the Model contract.
+
+    Plain attributes a caller (or a test) may change between calls: `batch_size`, `prefix_cache`,
+    `max_length`, `report_progress`. `loaded` is the frozen loaded state; `tokenizer`, `tokens`,
+    `model` and `decoder` are its parts, for callers that build requests or benchmarks."""
+
+    def __init__(self, tokenizer, model, name: str, fingerprint: dict, device: str, batch_size: str | int = "auto",
+                 max_length: int | None = None, prefix_cache: bool = True):
+        self.loaded = Loaded.of(tokenizer, model, device)
+        # its parts, for callers that build requests or benchmarks (plain attributes: never read back)
+        self.tokenizer, self.tokens, self.model, self.decoder = tokenizer, self.loaded.tokens, model, self.loaded.decoder
+        self.device, self.pad_id = device, self.loaded.pad_id
+        self.name = name
+        self.fingerprint = fingerprint
+        self.batch_size = batch_size
+        self.prefix_cache = prefix_cache
+        self.max_length = max_length or context_length(model.config)
         self.report_progress = True  # off on non-zero ranks under torchrun: rank 0 reports the whole job
-        self.scorer = Scorer(self)
-        self.engine = Engine(self)
+        self.stop_ids: frozenset = frozenset()
+        self.scorer = Scorer(self.loaded)
+        self.engine = Engine(self.loaded)
+
+    @property
+    def eos_ids(self) -> frozenset:
+        """Every token id generation ends at: the loaded EOS ids and those added by stop_at_tokens."""
+        return self.loaded.eos_ids | self.stop_ids
 
     @classmethod
     def load(cls, spec: str, device: str | None = None, dtype: str = "auto", batch_size: str | int = "auto", revision: str | None = None,
@@ -51,7 +113,8 @@ class HFModel:
         """Load `spec`. `model_args` (--model-args) and `trust_remote_code` go to from_pretrained and
         into the fingerprint (runner/fingerprint.py, computed from the files before loading);
         `from_pretrained` is loader plumbing that does not change what is computed (tp_plan,
-        device_mesh under torchrun) and is passed through as is."""
+        device_mesh under torchrun) and is passed through as is. Raises EvalError for a CUDA device
+        torch cannot see, and whatever load.py raises for a bad spec."""
         device = device or default_device()
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise EvalError("--device cuda was asked for, but torch sees no CUDA device")
@@ -61,21 +124,36 @@ class HFModel:
                                              **fingerprint["model_args"], **from_pretrained)
         return cls(tokenizer, model, spec, fingerprint, device, batch_size, max_length, prefix_cache)
 
-    def stop_at_tokens(self, ids: set[int]) -> None:
-        """Generation also ends at these token ids (a chat template's end-of-turn tokens). The set is
-        widened in place: the engine holds the same set."""
-        self.eos_ids.update(ids)
+    def settings(self) -> Settings:
+        """This call's snapshot of the attributes a caller may change."""
+        return Settings(self.batch_size, self.prefix_cache, self.max_length, self.report_progress, self.stop_ids)
 
     # -- the contract
 
+    def stop_at_tokens(self, ids: set[int]) -> None:
+        """Generation also ends at these token ids (a chat template's end-of-turn tokens)."""
+        self.stop_ids = self.stop_ids | frozenset(ids)
+
     def encode(self, text: str) -> list[int]:
+        """Token ids of a whole prompt (runner/tokens.py: Tokens.encode)."""
         return self.tokens.encode(text)
 
     def count_tokens(self, text: str) -> int:
+        """len(encode(text)), memoised."""
         return self.tokens.count(text)
 
+    def count_tokens_many(self, texts: Sequence[str]) -> list[int]:
+        """count_tokens of every text, in order; batched, and the ids kept for the scorer."""
+        return self.tokens.count_many(texts)
+
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest], on_done: OnDone | None = None) -> list[Loglikelihood]:
-        return self.scorer.loglikelihood(requests, on_done)
+        """See Model.loglikelihood (runner/scoring.py does the work)."""
+        return self.scorer.loglikelihood(requests, on_done, self.settings())
 
     def generate(self, requests: Sequence[GenerateRequest], on_done: OnDone | None = None) -> list[Generation]:
-        return self.engine.generate(requests, on_done)
+        """See Model.generate (runner/engine.py does the work)."""
+        return self.engine.generate(requests, on_done, self.settings())
+
+    def counters(self) -> Work:
+        """Work computed so far by the scorer and the engine, all calls."""
+        return self.scorer.counters + self.engine.counters

@@ -28,17 +28,12 @@ class Plan:
     """Pass sizes for one model on one device. Widths are read from the model's config."""
 
     def __init__(self, model, device: str):
-        config = model.config
-        config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        from .shape import Shape
+
+        shape = Shape.of(model.config)
         self.kind = "cuda" if str(device).startswith("cuda") else "cpu"
-        self.hidden = config.hidden_size
-        heads = config.num_attention_heads
-        self.head_dim = getattr(config, "head_dim", None) or self.hidden // heads
-        self.q_width = heads * self.head_dim
-        self.kv_width = (getattr(config, "num_key_value_heads", None) or heads) * self.head_dim
-        self.intermediate = getattr(config, "intermediate_size", None) or 4 * self.hidden
-        self.layers = config.num_hidden_layers
-        self.vocab = config.vocab_size
+        self.hidden, self.head_dim, self.q_width, self.kv_width = shape.hidden, shape.head_dim, shape.q_width, shape.kv_width
+        self.intermediate, self.layers, self.vocab = shape.ffn, shape.layers, shape.vocab
         try:
             self.dtype_bytes = next(model.parameters()).element_size()
         except StopIteration:
@@ -54,10 +49,14 @@ class Plan:
         return activations + recorded
 
     def free_bytes(self) -> int:
+        """Bytes a pass may use: the device's free memory plus what torch's allocator holds unused
+        (CUDA), or a fixed CPU working set scaled so that token_budget gives CPU_PASS_BYTES."""
         if self.kind == "cuda":
             free, _ = torch.cuda.mem_get_info()
             # memory the caching allocator holds but does not use is free for our tensors too
-            return free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated()
+            from .memory import group_min  # the same on every rank of a TP group: they cut the same batches
+
+            return group_min(free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated())
         return CPU_PASS_BYTES / CUDA_PASS_FRACTION
 
     def token_budget(self) -> int:
@@ -67,7 +66,7 @@ class Plan:
 
     def head_chunk(self) -> int:
         """Positions whose logits (float32, plus the log-softmax and a temporary) may exist at once."""
-        budget = CPU_HEAD_BYTES if self.kind == "cpu" else int(torch.cuda.mem_get_info()[0] * CUDA_HEAD_FRACTION)
+        budget = CPU_HEAD_BYTES if self.kind == "cpu" else int(self.free_bytes() * CUDA_HEAD_FRACTION)
         return max(1, budget // (12 * self.vocab))
 
     # -- checks and batches
@@ -84,20 +83,22 @@ class Plan:
             raise EvalError(f"request {key}: its {len(longest.ids)} tokens need about {need / GiB:.1f} GiB for one forward pass; "
                             f"the device has {free / GiB:.1f} GiB free (use a GPU with more memory, fewer layers per GPU or --dtype bfloat16)")
 
-    def batches(self, members: Sequence, batch_size: str | int = "auto") -> list[list]:
+    def batches(self, members: Sequence, batch_size: str | int = "auto", packed: bool = False) -> list[list]:
         """Consecutive runs of `members` (objects with `.width`, the tokens they add) for one pass each:
-        a fixed number of rows when `batch_size` is an int, else as many as the token budget holds
-        (rows x widest row, since rows are right-padded) while padding stays under MAX_PADDING of the
-        real tokens: measured on an H200 (benchmarks/RESULTS.md), one pass over MMLU suffixes of 30-400
-        tokens computed 3.4 padded tokens per real one. The order is kept: it groups rows by prefix
-        (callers sort each group by width, longest first, so the cuts make buckets of similar widths)."""
+        a fixed number of rows when `batch_size` is an int, else as many as the token budget holds.
+        Right-padded passes (`packed=False`) count rows x widest row and are cut before padding
+        exceeds MAX_PADDING of the real tokens: measured on an H200 (benchmarks/RESULTS.md), one pass
+        over MMLU suffixes of 30-400 tokens computed 3.4 padded tokens per real one. Packed passes
+        (attention.py: rows end to end) count the real tokens only. The order is kept: it groups rows
+        by prefix (callers sort each group by width, longest first, so the cuts make buckets of
+        similar widths)."""
         if isinstance(batch_size, int):
             return [list(members[k : k + batch_size]) for k in range(0, len(members), batch_size)]
-        budget, rows_cap = self.token_budget(), MAX_ROWS[self.kind]
+        budget, rows_cap = self.token_budget(), MAX_ROWS[self.kind] * (4 if packed and self.kind == "cuda" else 1)
         batches, current, widest, real = [], [], 0, 0
         for member in members:
             wide = max(widest, member.width)
-            padded = (len(current) + 1) * wide
+            padded = real + member.width if packed else (len(current) + 1) * wide
             wasteful = padded - (real + member.width) > MAX_PADDING * (real + member.width)
             if current and (padded > budget or len(current) >= rows_cap or wasteful):
                 batches.append(current)

@@ -10,12 +10,60 @@ byte-level BPE such as SmolLM2 or Qwen) are added back, once.
 from __future__ import annotations
 
 import logging
+from array import array
+from collections import OrderedDict
+from typing import Sequence
 
 from ..errors import EvalError
 
 log = logging.getLogger(__name__)
 
 PROBE = "Hello world"  # any plain text: only what the post-processor adds around it matters
+CACHE_TOKENS = 1 << 25  # ids kept for reuse (int32: 128 MiB); the least recently used text goes first
+BATCH = 4096  # texts per tokenizer call: a fast tokenizer encodes a batch in parallel threads
+
+
+class IdCache:
+    """Token ids of texts already encoded, memory-bounded: each text's ids as a compact int32 array,
+    least recently used dropped first once more than `budget` ids are held. The text itself is the
+    key (requests hold those strings anyway, so a key costs no copy).
+
+    Build calls `count_many` for every prompt; the scorer then encodes the same contexts again: with
+    the cache, each text is tokenised once per run (issue 17)."""
+
+    def __init__(self, budget: int = CACHE_TOKENS):
+        self.budget = budget
+        self.held = 0
+        self.hits = self.misses = 0
+        self._ids: OrderedDict[str, array] = OrderedDict()
+
+    def get(self, text: str) -> list[int] | None:
+        """The cached ids of `text` (a new list), or None."""
+        ids = self._ids.get(text)
+        if ids is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._ids.move_to_end(text)
+        return ids.tolist()
+
+    def length(self, text: str) -> int | None:
+        """len(ids) of a cached text, without materialising the list."""
+        ids = self._ids.get(text)
+        if ids is None:
+            return None
+        self._ids.move_to_end(text)
+        return len(ids)
+
+    def put(self, text: str, ids: Sequence[int]) -> None:
+        """Keep `ids` for `text`, dropping the least recently used texts beyond the budget."""
+        if len(ids) > self.budget or text in self._ids:
+            return
+        self._ids[text] = array("i", ids)
+        self.held += len(ids)
+        while self.held > self.budget:
+            _, old = self._ids.popitem(last=False)
+            self.held -= len(old)
 
 
 class Tokens:
@@ -26,8 +74,9 @@ class Tokens:
     tokenizer's special tokens (unk excepted: it stands for text, not structure); none may appear in a
     scored continuation."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, cache_tokens: int = CACHE_TOKENS):
         self.tokenizer = tokenizer
+        self.cache = IdCache(cache_tokens)
         self.special_ids = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
         self.prefix = self._leading_specials()
         self.prefix_text = tokenizer.decode(self.prefix) if self.prefix else ""
@@ -48,24 +97,55 @@ class Tokens:
             return []
         return lead
 
+    def forget(self) -> None:
+        """Drop every cached id (a benchmark that times tokenisation starts cold)."""
+        self.cache = IdCache(self.cache.budget)
+
     def encode(self, text: str) -> list[int]:
         """Token ids of a whole prompt: `prefix` (BOS where the model expects one) + the text's own
         tokens; no trailing EOS/SEP, and no second BOS when the text already starts with one (a chat
-        template that renders it)."""
-        return self._with_prefix(text, self.tokenizer(text, add_special_tokens=False).input_ids)
+        template that renders it). Memoised (see IdCache)."""
+        ids = self.cache.get(text)
+        if ids is None:
+            ids = self._with_prefix(text, self.tokenizer(text, add_special_tokens=False).input_ids)
+            self.cache.put(text, ids)
+        return ids
 
     def _with_prefix(self, text: str, ids: list[int]) -> list[int]:
         if not self.prefix or ids[: len(self.prefix)] == self.prefix or (self.prefix_text and text.startswith(self.prefix_text)):
             return ids
         return self.prefix + ids
 
-    def encode_many(self, texts: list[str]) -> dict[str, list[int]]:
-        """`encode` of every distinct text, in one batched tokenizer call: a fast tokenizer encodes a
-        batch in parallel threads, and a text that many requests share (a question's context, read by
-        each of its choices) is encoded once. Returns text -> ids."""
-        distinct = list(dict.fromkeys(texts))
-        encoded = self.tokenizer(distinct, add_special_tokens=False).input_ids if distinct else []
-        return {text: self._with_prefix(text, ids) for text, ids in zip(distinct, encoded)}
+    def encode_many(self, texts: Sequence[str]) -> dict[str, list[int]]:
+        """`encode` of every distinct text, the ones not cached in batched tokenizer calls (BATCH
+        texts each): a fast tokenizer encodes a batch in parallel threads, and a text that many
+        requests share (a question's context, read by each of its choices) is encoded once.
+        Returns text -> ids."""
+        out: dict[str, list[int]] = {}
+        missing = []
+        for text in dict.fromkeys(texts):
+            ids = self.cache.get(text)
+            if ids is None:
+                missing.append(text)
+            else:
+                out[text] = ids
+        for start in range(0, len(missing), BATCH):
+            chunk = missing[start : start + BATCH]
+            for text, ids in zip(chunk, self.tokenizer(chunk, add_special_tokens=False).input_ids):
+                ids = self._with_prefix(text, ids)
+                self.cache.put(text, ids)
+                out[text] = ids
+        return out
+
+    def count_many(self, texts: Sequence[str]) -> list[int]:
+        """len(encode(t)) for every text, in order: cached lengths first, the rest encoded in batches
+        (and kept, so the scorer reuses those ids)."""
+        counts = [self.cache.length(t) for t in texts]
+        missing = [t for t, n in zip(texts, counts) if n is None]
+        if missing:
+            encoded = self.encode_many(missing)
+            counts = [len(encoded[t]) if n is None else n for t, n in zip(texts, counts)]
+        return counts  # type: ignore[return-value]
 
     def encode_pairs(self, pairs: list[tuple[str, str]], keys: list[str] | None = None) -> list[tuple[list[int], list[int]]]:
         """`encode_pair` of many (context, continuation) pairs, each distinct string encoded once, in
@@ -75,7 +155,9 @@ class Tokens:
         return [self._split(ids[c + x], ids[c], x, key) for (c, x), key in zip(pairs, keys)]
 
     def count(self, text: str) -> int:
-        return len(self.encode(text))
+        """len(encode(text)), memoised."""
+        n = self.cache.length(text)
+        return len(self.encode(text)) if n is None else n
 
     def encode_pair(self, context: str, continuation: str, key: str | None = None) -> tuple[list[int], list[int]]:
         """Tokenise context+continuation as one string, then split where the context's own tokens end.
@@ -102,4 +184,5 @@ class Tokens:
         return whole[:n], continuation_ids
 
     def decode(self, ids: list[int]) -> str:
+        """The text of `ids`, special tokens dropped."""
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ..errors import EvalError
+from .load import xverse_llama_config  # noqa: F401 -- the one mapping lives where loading reads it
 
 # XVERSE-65B as described by its model card and config (hidden 8192, 80 layers, 64 heads, FFN 22016,
 # vocabulary 100,534, 16K context). kv_heads defaults to 64 (MHA, 66.4B parameters, the size the
@@ -41,20 +42,6 @@ ARCHITECTURES = {
 OPTIONS = {"layers": "num_hidden_layers", "kv_heads": "num_key_value_heads", "heads": "num_attention_heads",
            "hidden": "hidden_size", "ffn": "intermediate_size", "context": "max_position_embeddings"}
 INIT_STD = 0.02  # normal(0, 0.02), the initializer_range of XVERSE's and Llama's configs
-
-REMOTE_ONLY = ("model_type", "architectures", "auto_map", "quantization_bit", "initializer_weight", "transformers_version")
-
-
-def xverse_llama_config(config: dict):
-    """A `LlamaConfig` for an XVERSE config.json (dict). Raises EvalError if it is not XVERSE."""
-    if config.get("model_type") != "xverse":
-        raise EvalError(f"not an XVERSE config (model_type {config.get('model_type')!r})")
-    from transformers import LlamaConfig
-
-    keep = {k: v for k, v in config.items() if k not in REMOTE_ONLY}
-    keep.setdefault("num_key_value_heads", keep.get("num_attention_heads"))  # absent: MHA, as XVERSE's code reads it
-    return LlamaConfig(**keep, architectures=["LlamaForCausalLM"])
-
 
 # ----------------------------------------------------------------------------- random:ARCH specs
 
@@ -104,7 +91,7 @@ def _seed_of(seed: int, name: str) -> int:
 def build_random(config, dtype: torch.dtype, device: str, seed: int = 0, dist=None) -> torch.nn.Module:
     """Random weights of `config`'s Llama model on `device`, sharded for `dist`'s TP group (if any).
 
-    The module tree is made on the meta device (no memory), sharded (parallel.tensor_parallel slices
+    The module tree is made on the meta device (no memory), sharded (runner/tp.py: tensor_parallel slices
     shapes only), then allocated on `device`: each rank holds only its shards. Each tensor is drawn
     whole from a generator seeded by (seed, tensor name) on `device`, then sliced to this rank's
     shard, so weights do not depend on --tp-size. Norm weights are ones, as trained Llama-family
@@ -112,7 +99,7 @@ def build_random(config, dtype: torch.dtype, device: str, seed: int = 0, dist=No
     from transformers import LlamaForCausalLM
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-    from ..parallel import shard_weight, tensor_parallel
+    from .tp import shard_weight, tensor_parallel
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -143,7 +130,7 @@ def build_random(config, dtype: torch.dtype, device: str, seed: int = 0, dist=No
 
 
 def _full_shape(name: str, local: tuple[int, ...], tp_size: int) -> tuple[int, ...]:
-    from ..parallel import COLWISE, ROWWISE
+    from .tp import COLWISE, ROWWISE
 
     leaf = name.split(".")[-2]
     if tp_size > 1 and leaf in COLWISE:
@@ -173,7 +160,7 @@ def load_random(spec: str, device: str | None = None, dtype: str = "auto", batch
     torch_dtype = pick_dtype(dtype, device)
     tp_size = dist.tp_size if dist is not None else 1
     if tp_size > 1:
-        from ..parallel import tp_check
+        from .tp import tp_check
 
         tp_check(config, tp_size)
     memory.check(config, torch_dtype, device, tp_size, name=spec, world_size=dist.world_size if dist is not None else 1)

