@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import comparable
 from ..errors import EvalError
-from .runs import dataset_label, headline, interval, is_full, reported, reported_row, task_order
+from .runs import dataset_label, headline, interval, is_full, numbered, reported, reported_row, task_order
 from .table import DIFFER_MARK, LIMIT_MARK, VARIANT_MARK, markdown
 
 
@@ -58,12 +58,7 @@ def row_labels(groups: list[list[dict[str, Any]]]) -> list[str]:
     for name, group in zip(names, groups):
         dirs = [Path(r["path"]).name for r in group if r.get("path")]
         out.append(f"{name} [{'+'.join(dirs)}]" if names.count(name) > 1 and dirs else name)
-    seen: dict[str, int] = {}
-    for i, name in enumerate(out):
-        seen[name] = seen.get(name, 0) + 1
-        if out.count(name) > 1:
-            out[i] = f"{name} #{seen[name]}"
-    return out
+    return numbered(out)
 
 
 def build(runs: list[dict[str, Any]], sort: str | None = None) -> dict[str, Any]:

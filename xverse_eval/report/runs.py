@@ -104,10 +104,16 @@ def labels(runs: list[dict[str, Any]]) -> list[str]:
         if names.count(name) > 1 and run.get("path"):
             name = f"{name} [{Path(run['path']).name}]"
         out.append(name)
+    return numbered(out)
+
+
+def numbered(titles: list[str]) -> list[str]:
+    """`titles` with " #1", " #2", ... after each one that still repeats (report columns, leaderboard rows)."""
+    out = list(titles)
     seen: dict[str, int] = {}
-    for i, name in enumerate(out):
+    for i, name in enumerate(titles):
         seen[name] = seen.get(name, 0) + 1
-        if out.count(name) > 1:
+        if titles.count(name) > 1:
             out[i] = f"{name} #{seen[name]}"
     return out
 
