@@ -1,4 +1,4 @@
-"""The bad-input catalogue (research/reliability.md section 4), table-driven: each case breaks one
+"""The bad-input catalogue, table-driven: each case breaks one
 thing, runs the CLI (in this process, through xverse_eval.cli.main) and expects exit code 2 with ONE
 line on stderr that names the file, item, flag or directory and says what is wrong. Inputs that are
 odd but valid (BOM, CRLF) must work and give the same prompts as the original files. Errors found

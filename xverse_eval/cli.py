@@ -517,7 +517,7 @@ def cmd_list(args, argv) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    from .evaluate import SUITES
+    from .registry import SUITES
 
     print()
     for suite, members in SUITES.items():

@@ -38,7 +38,7 @@ from .build import build, check_letter_tokens, mark_shared_prefixes  # noqa: F40
 from .errors import EvalError
 from .identity import Identity, slug, task_identity  # noqa: F401 -- slug, task_identity re-exported
 from .progress import progress
-from .registry import get_task_class
+from .registry import SUITES, get_task_class
 from .results import ResponseStore, RunDir, append_jsonl, atomic_write, fault, write_json, write_jsonl
 from .task import Prepared, Task
 from .types import GenerateRequest, LoglikelihoodRequest, Request
@@ -75,10 +75,6 @@ class TaskSpec:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-# suite names for --tasks: "xverse" = the 11 benchmarks of the XVERSE-65B card, in its table's order
-SUITES = {"xverse": ["ceval", "cmmlu", "gaokao", "mmlu", "gaokao_english", "agieval", "race", "csqa", "piqa", "gsm8k", "humaneval"]}
 
 
 def parse_tasks(text: str) -> list[TaskSpec]:

@@ -22,6 +22,8 @@ line naming what changed (issue 20, item 7). A difference in the other four part
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -29,7 +31,26 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .results import canonical, digest, flatten
+
+def canonical(obj: Any) -> str:
+    """`obj` as compact JSON with sorted keys: the text an identity's digest is taken of."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def digest(obj: Any) -> str:
+    """sha256 hex of `canonical(obj)`."""
+    return hashlib.sha256(canonical(obj).encode("utf-8")).hexdigest()
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"dtype": "x"}} -> {"model.dtype": "x"}: the keys a config difference is named by."""
+    if isinstance(obj, dict) and obj:
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: obj}
+
 
 log = logging.getLogger(__name__)
 

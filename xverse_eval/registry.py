@@ -21,6 +21,9 @@ from typing import TYPE_CHECKING
 from .errors import EvalError
 from .paths import tasks_dir
 
+# suite names for --tasks: "xverse" = the 11 benchmarks of the XVERSE-65B card, in its table's order
+SUITES = {"xverse": ["ceval", "cmmlu", "gaokao", "mmlu", "gaokao_english", "agieval", "race", "csqa", "piqa", "gsm8k", "humaneval"]}
+
 if TYPE_CHECKING:
     from .task import Task
 
@@ -262,7 +265,6 @@ def canonical_tasks(text: str) -> str:
     """`--tasks` text with every lm-eval spelling replaced by ours, items in the order given:
     `mmlu_anatomy,commonsense_qa:variant=c49e77` -> `mmlu:anatomy,csqa:variant=c49e77`. Suite names
     (`xverse`) pass through. Raises EvalError naming an unknown task (with a did-you-mean)."""
-    from .evaluate import SUITES
 
     out = []
     for item in (t.strip() for t in text.split(",")):

@@ -24,7 +24,6 @@ Under torchrun, XVERSE_EVAL_FAULT_RANK=<rank> fires it in that rank only (tests/
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import EvalError
+from .identity import canonical, compute_changes, digest, flatten, response_key  # noqa: F401 (canonical, digest: re-exported)
 from .types import Request, Response, response_from_dict, response_to_dict
 
 log = logging.getLogger(__name__)
@@ -70,14 +70,6 @@ def fault(point: str) -> None:
     action = _fault_due(point)
     if action:
         _fire(point, action)
-
-
-def canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-
-
-def digest(obj: Any) -> str:
-    return hashlib.sha256(canonical(obj).encode("utf-8")).hexdigest()
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -138,16 +130,6 @@ def read_jsonl_tolerant(path: Path, truncate: bool = True) -> list[dict]:
         except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
             raise EvalError(f"{path}:{n}: corrupt line inside the log (not a torn final write); move the file away to start over") from None
     return rows
-
-
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """{"model": {"dtype": "x"}} -> {"model.dtype": "x"}: the keys a config difference is named by."""
-    if isinstance(obj, dict) and obj:
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: obj}
 
 
 def _short(value: Any) -> str:
@@ -229,7 +211,6 @@ class RunDir:
         identity differs (a harness or library upgrade, identity.py), the stored manifest takes the new
         one and the old responses stop matching (they stay in the file, ignored). Returns those
         compute changes, `key (old -> new)` (empty when none), for the caller to report."""
-        from .identity import compute_changes
 
         path = self.path / "config.json"
         if not path.exists():
@@ -285,7 +266,6 @@ class ResponseStore:
 
     def key(self, request: Request) -> str:
         """The request's key (identity.response_key)."""
-        from .identity import response_key
 
         return response_key(self.identity, self.tasks, request, self.compute)
 

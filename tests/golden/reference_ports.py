@@ -4,10 +4,10 @@ xverse-eval's templates: run `python tests/golden/reference_ports.py DATA_DIR` t
 ceval   hkust-nlp/ceval code/evaluator_series/evaluators/llama.py format_example + generate_few_shot_prompt
 cmmlu   haonan-li/CMMLU src/mp_utils.py format_example + gen_prompt (tokenizer=None: no length rule)
 cmmlu   opencompass variant: configs/datasets/cmmlu/cmmlu_ppl_8b9c76.py, base-model rendering (turns and
-        shots joined by "\\n", protocols.md 0.1), data read as CMMLUDataset does (csv.reader)
+        shots joined by "\\n", docs/benchmarks/cmmlu.md), data read as CMMLUDataset does (csv.reader)
 agieval ruixiangcui/AGIEval src/dataset_loader.py combine_prompt + concat_prompt (no token cut) +
         convert_few_shot, plus "The answer is therefore" / "答案是" for letter scoring
-gaokao, gaokao_english: the protocols.md 3 / 5 suggested prompts (XVERSE disclosed none)
+gaokao, gaokao_english: the suggested prompts of docs/benchmarks/gaokao.md and gaokao_english.md (XVERSE disclosed none)
 The scored string for choice J is the prompt followed by the letter exactly as the shots show it.
 """
 from __future__ import annotations
@@ -136,7 +136,7 @@ def agieval(data, name, index, version="v1", choice=None, suffix=""):
         write("agieval", f"{name}_{index}{suffix}_choice{choice}.txt", prompt + " " + "ABCDE"[choice])
 
 
-# ---------------------------------------------------------------- GAOKAO-Bench (protocols.md 3)
+# ---------------------------------------------------------------- GAOKAO-Bench (docs/benchmarks/gaokao.md)
 
 GAOKAO_SUBJECT = {"2010-2022_History_MCQs": "历史", "2010-2022_Math_I_MCQs": "数学", "2010-2013_English_MCQs": "英语"}
 
@@ -154,7 +154,7 @@ def gaokao(data, name, index, loo=False):
     write("gaokao", f"{name}_{index}{tag}_choice{'ABCD'.index(ex[index]['answer'][0])}.txt", prompt + ex[index]["answer"][0])
 
 
-# ---------------------------------------------------------------- GAOKAO-English (protocols.md 5)
+# ---------------------------------------------------------------- GAOKAO-English (docs/benchmarks/gaokao_english.md)
 
 def opt(o):
     return re.sub(r"^\s*(?:\([A-D]\)|[A-D]\s*[.．])\s*", "", o).strip()

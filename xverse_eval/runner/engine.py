@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 
@@ -41,10 +41,8 @@ from ..types import Generation, GenerateRequest
 from . import OnDone, Work
 from .load import spans_devices
 from .memory import group_min
-
-if TYPE_CHECKING:
-    from .hf import Loaded, Settings
-    from .tokens import Tokens
+from .state import Loaded, Settings
+from .tokens import Tokens
 
 log = logging.getLogger(__name__)
 
@@ -250,8 +248,6 @@ class Engine:
 
         Raises EvalError when a prompt plus its new tokens exceed the model's context, or when even a
         single request does not fit in memory."""
-        from .hf import Settings
-
         settings = settings or Settings(max_length=1 << 30)
         self.batch_size, self.max_length, self.prefix_cache = settings.batch_size, settings.max_length, settings.prefix_cache
         self.eos_ids = self.loaded.eos_ids | settings.stop_ids

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 
@@ -35,10 +35,8 @@ from . import OnDone, Work
 from .attention import Level, Packed, Unsupported, use_packed
 from .load import spans_devices
 from .plan import Plan
+from .state import Loaded, Settings
 from .tokens import Tokens
-
-if TYPE_CHECKING:
-    from .hf import Loaded, Settings
 
 log = logging.getLogger(__name__)
 
@@ -253,8 +251,6 @@ class Scorer:
         progress (runner/hf.py: Settings; default: its defaults with no context limit).
 
         Raises EvalError for a request longer than the context or too large for the device."""
-        from .hf import Settings
-
         settings = settings or Settings(max_length=1 << 30)
         self.max_length, self.batch_size = settings.max_length, settings.batch_size
         rows = self._rows(requests)

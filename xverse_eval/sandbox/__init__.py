@@ -4,7 +4,7 @@ Rooms: this module (the Sandbox, its limits, the self-check, the process tree, H
 `inside.py` (the trusted program that runs in the sandbox and decides the verdict), `cgroup.py`
 (the memory bound over all of a run's processes).
 
-Isolation (research/reliability.md, "D2"): every program is a fresh interpreter (`python -I`) started by
+Isolation: every program is a fresh interpreter (`python -I`) started by
 bubblewrap, and bubblewrap itself runs as an unprivileged uid (one uid per concurrent run, 60000+slot),
 because the kernel never enforces RLIMIT_NPROC for uid 0. Inside: every namespace unshared (no network,
 own pid namespace, no further user namespaces), an empty environment, only /usr visible, and every
