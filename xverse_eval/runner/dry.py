@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 from ..errors import EvalError
 from . import Work
+from .tokens import CountsTokens
 
 # dense bf16 tensor-core peak, TFLOP/s, no sparsity (vendor datasheets); matched against the device
 # name torch reports, first match wins (so "H100 PCIe" is tried before "H100")
@@ -79,7 +80,7 @@ def device_name(device: str | None) -> str | None:
 
 
 @dataclass
-class DryModel:
+class DryModel(CountsTokens):
     """The Model contract without weights: `name`, `fingerprint` (None where only loading the weights
     knows it: random ones), `max_length`, `tokenizer`, `tokens` (runner.tokens.Tokens), `shape`
     (runner.shape.Shape, or None where the config cannot be read without the weights)."""
@@ -133,18 +134,6 @@ class DryModel:
         return cls(spec, tokenizer, Tokens(tokenizer), context_length(config), Shape.of(config), None)
 
     # -- the contract
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens of `text` as a whole prompt, BOS included where the model expects one (Tokens.count)."""
-        return self.tokens.count(text)
-
-    def count_tokens_many(self, texts: Sequence[str]) -> list[int]:
-        """count_tokens of every text, batched (Tokens.count_many)."""
-        return self.tokens.count_many(texts)
-
-    def stop_at_tokens(self, ids: set[int]) -> None:
-        """Recorded only (a dry model generates nothing)."""
-        self.stop_ids = self.stop_ids | frozenset(ids)
 
     def loglikelihood(self, requests, on_done=None):
         """Refused: a dry model has no weights."""

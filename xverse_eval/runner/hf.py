@@ -22,12 +22,12 @@ from .engine import Engine
 from .load import context_length, default_device, identify, load_transformers
 from .scoring import Scorer
 from .state import Loaded, Settings, text_config  # noqa: F401 (Loaded, text_config: re-exported)
-from .tokens import Tokens
+from .tokens import CountsTokens, Tokens
 
 log = logging.getLogger(__name__)
 
 
-class HFModel:
+class HFModel(CountsTokens):
     """A transformers causal LM behind the Model contract.
 
     Plain attributes a caller (or a test) may change between calls: `batch_size`, `prefix_cache`,
@@ -79,21 +79,9 @@ class HFModel:
 
     # -- the contract
 
-    def stop_at_tokens(self, ids: set[int]) -> None:
-        """Generation also ends at these token ids (a chat template's end-of-turn tokens)."""
-        self.stop_ids = self.stop_ids | frozenset(ids)
-
     def encode(self, text: str) -> list[int]:
         """Token ids of a whole prompt (runner/tokens.py: Tokens.encode)."""
         return self.tokens.encode(text)
-
-    def count_tokens(self, text: str) -> int:
-        """len(encode(text)), memoised."""
-        return self.tokens.count(text)
-
-    def count_tokens_many(self, texts: Sequence[str]) -> list[int]:
-        """count_tokens of every text, in order; batched, and the ids kept for the scorer."""
-        return self.tokens.count_many(texts)
 
     def loglikelihood(self, requests: Sequence[LoglikelihoodRequest], on_done: OnDone | None = None) -> list[Loglikelihood]:
         """See Model.loglikelihood (runner/scoring.py does the work)."""

@@ -57,7 +57,7 @@ from ..errors import EvalError
 from ..progress import progress
 from ..types import Generation, GenerateRequest, Loglikelihood, LoglikelihoodRequest
 from . import OnDone, Work
-from .tokens import Tokens
+from .tokens import CountsTokens, Tokens
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ def _generation_eos(source: str) -> set[int]:
     return {int(t) for t in (eos if isinstance(eos, list) else [eos]) if t is not None}
 
 
-class ServedModel:
+class ServedModel(CountsTokens):
     """A model behind an OpenAI-compatible completions server (see the module docstring).
 
     `tokenizer`: the server's tokenizer, loaded here (transformers); `tokens`: it as runner/tokens.py
@@ -453,19 +453,7 @@ class ServedModel:
                             f"wrong (llama.cpp's server has this bug); serve the model with vLLM or SGLang")
         return first.get("system_fingerprint")
 
-    # -- tokens
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens of `text` as a whole prompt (leading specials included), as the in-process runner counts."""
-        return self.tokens.count(text)
-
-    def count_tokens_many(self, texts: Sequence[str]) -> list[int]:
-        """count_tokens of every text, in order; batched, the ids kept for the requests."""
-        return self.tokens.count_many(texts)
-
-    def stop_at_tokens(self, ids: set[int]) -> None:
-        """Generation also ends at these token ids (sent as stop_token_ids)."""
-        self.stop_ids = self.stop_ids | frozenset(ids)
+    # -- work
 
     def counters(self) -> Work:
         """Requests answered and the tokens sent (the server's prefix sharing is not seen from here)."""

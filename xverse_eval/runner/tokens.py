@@ -186,3 +186,23 @@ class Tokens:
     def decode(self, ids: list[int]) -> str:
         """The text of `ids`, special tokens dropped."""
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+class CountsTokens:
+    """The token side of the Model contract for a model that holds a `Tokens` as `self.tokens` and
+    its extra stop ids as `self.stop_ids` (a frozenset): the in-process, served and dry models."""
+
+    tokens: Tokens
+    stop_ids: frozenset
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` as a whole prompt, leading specials (BOS) included where the model expects them; memoised."""
+        return self.tokens.count(text)
+
+    def count_tokens_many(self, texts) -> list[int]:
+        """count_tokens of every text, in order; batched, and the ids kept for the requests that reuse them."""
+        return self.tokens.count_many(texts)
+
+    def stop_at_tokens(self, ids: set[int]) -> None:
+        """Generation also ends at these token ids (a chat template's end-of-turn tokens)."""
+        self.stop_ids = self.stop_ids | frozenset(ids)
